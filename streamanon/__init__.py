@@ -1,0 +1,28 @@
+"""streamanon: real-time face anonymization for video.
+
+Public API::
+
+    from streamanon import Anonymizer, AnonymizerConfig, anonymize_file
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import AnonymizerConfig, load_config
+from .errors import ModelUnavailable, UserError
+
+__version__ = "0.1.0"
+__all__ = ["Anonymizer", "AnonymizerConfig", "anonymize_file", "load_config", "UserError", "ModelUnavailable"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Anonymizer, anonymize_file
+
+
+def __getattr__(name: str):
+    # The pipeline pulls in onnxruntime, dlib and PyAV; import it only when asked for.
+    if name in ("Anonymizer", "anonymize_file"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)

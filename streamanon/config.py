@@ -1,0 +1,178 @@
+"""One frozen dataclass tree for every setting; loadable from TOML, overridable from the CLI.
+
+TOML layout mirrors the tree, e.g.::
+
+    mode = "blur"
+    [detect]
+    threshold = 0.4
+    [photometric]
+    relight = false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import UserError
+
+Mode = Literal["generate", "blur", "pixelate", "solid"]
+MODES: tuple[str, ...] = ("generate", "blur", "pixelate", "solid")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """CenterFace detection."""
+
+    threshold: float = 0.4  # heatmap score above which a face is kept
+    scale: float | None = None  # resize factor before detection; None = auto (long side <= 1280)
+    min_size: float = 10.0  # drop boxes smaller than this (pixels, original frame)
+    nms_iou: float = 0.3
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Association of detections over frames."""
+
+    iou_threshold: float = 0.2  # minimum IoU to match a detection to a track
+    max_missed: int = 12  # frames a track coasts on its predicted box before it is dropped
+    min_hits: int = 1  # detections needed before a track is reported (1: hide at once)
+
+
+@dataclass(frozen=True)
+class SmoothConfig:
+    """One-Euro filter of boxes and landmarks (Casiez et al. 2012)."""
+
+    enabled: bool = True
+    min_cutoff: float = 1.5  # Hz; lower = smoother at rest
+    beta: float = 0.02  # speed coefficient; higher = less lag when moving
+    d_cutoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """The seed paper's three post-processing steps (see DESIGN.md)."""
+
+    relight: bool = True
+    laplacian: bool = True
+    color_transfer: bool = True
+    bilateral_diameter: int = 9
+    bilateral_sigma_color: float = 0.1  # in [0, 1] intensity units
+    bilateral_sigma_space: float = 5.0
+    pyramid_levels: int = 4
+
+
+@dataclass(frozen=True)
+class ReplaceConfig:
+    """How a face is hidden."""
+
+    mode: Mode = "blur"
+    margin: float = 0.25  # grow the face box by this fraction on each side before hiding
+    blur_strength: float = 0.5  # Gaussian sigma as a fraction of the face size... see replace.py
+    pixel_blocks: int = 8  # blocks across the face in pixelate mode
+    solid_color: tuple[int, int, int] = (128, 128, 128)
+    feather: float = 0.12  # width of the soft edge as a fraction of the face size
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The landmark-conditioned generator."""
+
+    weights: str | None = None  # explicit path; None = the shipped default
+    backend: Literal["auto", "eager", "compile", "tensorrt"] = "auto"
+    crop_size: int = 128
+    seed: int = 0  # base of the per-track latent codes
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Output video encoding."""
+
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str = "yuv420p"
+
+
+@dataclass(frozen=True)
+class AnonymizerConfig:
+    """Every setting of the pipeline."""
+
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    smooth: SmoothConfig = field(default_factory=SmoothConfig)
+    replace: ReplaceConfig = field(default_factory=ReplaceConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    device: str = "cpu"
+
+    @property
+    def mode(self) -> str:
+        return self.replace.mode
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "AnonymizerConfig":
+        """Return a copy with dotted-key overrides applied, e.g. ``{"detect.threshold": 0.5}``.
+
+        ``None`` values are ignored so that unset CLI options keep the file/default value.
+        """
+        config = self
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            config = _replace_dotted(config, key.split("."), value)
+        return config
+
+
+def _replace_dotted(obj: Any, path: list[str], value: Any) -> Any:
+    name = path[0]
+    names = {f.name for f in dataclasses.fields(obj)}
+    if name not in names:
+        raise UserError(f"unknown setting '{name}' (known: {', '.join(sorted(names))})")
+    if len(path) == 1:
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            raise UserError(f"setting '{name}' is a section, not a value")
+        if name == "mode" and value not in MODES:
+            raise UserError(f"unknown mode '{value}' (choose from {', '.join(MODES)})")
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        return dataclasses.replace(obj, **{name: value})
+    child = getattr(obj, name)
+    if not dataclasses.is_dataclass(child):
+        raise UserError(f"setting '{name}' has no sub-settings")
+    return dataclasses.replace(obj, **{name: _replace_dotted(child, path[1:], value)})
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AnonymizerConfig:
+    """Build a config from defaults, an optional TOML file, then dotted-key overrides.
+
+    A top-level ``mode`` key in the file is a shorthand for ``replace.mode``.
+    """
+    config = AnonymizerConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        if "mode" in table:
+            table.setdefault("replace", {})["mode"] = table.pop("mode")
+        config = config.with_overrides(_flatten(table))
+    return config.with_overrides(overrides or {})
