@@ -85,13 +85,24 @@ class TrackedFace:
     """
 
     track_id: int
-    box: np.ndarray  # (4,) float32, smoothed x1 y1 x2 y2
+    box: np.ndarray  # (4,) float32, smoothed x1 y1 x2 y2 (or predicted, when coasting)
     score: float
     detected: bool
     missed: int = 0
     age: int = 0  # frames since the track was born
+    raw_box: np.ndarray | None = None  # (4,) this frame's unsmoothed detection, when detected
     keypoints: np.ndarray | None = None  # (5, 2) from the detector, when detected
     landmarks: np.ndarray | None = None  # (68, 2) dlib-order landmarks, smoothed
+
+    @property
+    def cover_box(self) -> np.ndarray:
+        """The region that must be hidden: the smoothed box united with the raw detection.
+
+        Smoothing lags a moving face; hiding the union keeps that lag from uncovering it.
+        """
+        if self.raw_box is None:
+            return self.box
+        return np.concatenate([np.minimum(self.box[:2], self.raw_box[:2]), np.maximum(self.box[2:], self.raw_box[2:])])
 
     @property
     def width(self) -> float:
