@@ -70,8 +70,7 @@ class ReplaceConfig:
     """How a face is hidden."""
 
     mode: Mode = "blur"
-    margin: float = 0.25  # grow the face box by this fraction on each side before hiding
-    blur_strength: float = 0.5  # Gaussian sigma as a fraction of the face size... see replace.py
+    margin: float = 0.15  # grow the face box by this fraction on each side before hiding
     pixel_blocks: int = 8  # blocks across the face in pixelate mode
     solid_color: tuple[int, int, int] = (128, 128, 128)
     feather: float = 0.12  # width of the soft edge as a fraction of the face size

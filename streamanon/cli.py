@@ -1,0 +1,170 @@
+"""Command line: ``streamanon file|eval|train ...``.
+
+Every failure reaches the user as one line on stderr and a non-zero exit code:
+1 for a problem with the input or environment, 2 for a bad command line, 130 for Ctrl-C.
+Set ``STREAMANON_DEBUG=1`` to get full tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import MODES, load_config
+from .errors import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+def pipeline_options(command):
+    """Options shared by every command that runs the anonymization pipeline (file, stream)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."),
+        click.option("--mode", type=click.Choice(MODES), help="How faces are replaced [default: blur]."),
+        click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Detection score threshold [0.4]."),
+        click.option(
+            "--detect-scale",
+            type=click.FloatRange(0.05, 4.0),
+            help="Resize factor before detection (default: automatic, long side about 1280 px).",
+        ),
+        click.option("--max-missed", type=click.IntRange(0, 1000), help="Frames a lost face stays hidden [12]."),
+        click.option("--margin", type=click.FloatRange(0.0, 2.0), help="Grow each face box by this fraction [0.15]."),
+        click.option("--no-smooth", is_flag=True, default=False, help="Disable One-Euro smoothing."),
+        click.option("--no-relight", is_flag=True, default=False, help="Skip relighting (generate mode)."),
+        click.option("--no-laplacian", is_flag=True, default=False, help="Skip Laplacian refinement."),
+        click.option("--no-color-transfer", is_flag=True, default=False, help="Skip YCbCr colour transfer."),
+        click.option("--weights", type=click.Path(dir_okay=False), help="Generator weights file."),
+        click.option("--seed", type=int, help="Seed of the per-track fake identities [0]."),
+        click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
+        click.option("--codec", type=str, help="Output video codec [libx264]."),
+        click.option("--crf", type=click.IntRange(0, 63), help="Output quality, lower is better [18]."),
+        click.option("--preset", type=str, help="Encoder preset [medium]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def config_from_options(opts: dict):
+    """Build the AnonymizerConfig from the shared pipeline options."""
+    overrides = {
+        "replace.mode": opts.get("mode"),
+        "detect.threshold": opts.get("threshold"),
+        "detect.scale": opts.get("detect_scale"),
+        "track.max_missed": opts.get("max_missed"),
+        "replace.margin": opts.get("margin"),
+        "generate.weights": opts.get("weights"),
+        "generate.seed": opts.get("seed"),
+        "device": opts.get("device"),
+        "encode.codec": opts.get("codec"),
+        "encode.crf": opts.get("crf"),
+        "encode.preset": opts.get("preset"),
+    }
+    for flag, key in (
+        ("no_smooth", "smooth.enabled"),
+        ("no_relight", "photometric.relight"),
+        ("no_laplacian", "photometric.laplacian"),
+        ("no_color_transfer", "photometric.color_transfer"),
+    ):
+        if opts.get(flag):
+            overrides[key] = False
+    return load_config(opts.get("config_path"), overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamanon")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """Anonymize every face in videos, images and live streams."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("file")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@pipeline_options
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+def file_command(src: Path, dst: Path, overwrite: bool, quiet: bool, **opts) -> None:
+    """Anonymize a video, an image, or a folder of images SRC into DST.
+
+    Videos keep their frame count, timestamps, rotation and audio (copied bit-exact).
+    """
+    from .pipeline import anonymize_file
+
+    config = config_from_options(opts)
+    summary = anonymize_file(src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
+    if not quiet:
+        click.echo(f"streamanon: {summary.line()}", err=True)
+
+
+def _register_optional_commands() -> None:
+    """Attach the commands that live in other modules.
+
+    Each is imported on its own so that a half-installed extra (no torch, say) hides only the
+    commands that need it and never breaks ``streamanon file``.
+    """
+    log = logging.getLogger(__name__)
+    if "train" in cli.commands:  # already done (main() called twice in one process)
+        return
+
+    @cli.group("train")
+    def train_group() -> None:
+        """Prepare data for and train the generator and the emotion classifier."""
+
+    for parent, name, module, attribute in (
+        (cli, "eval", "streamanon.metrics.cli", "eval_command"),
+        (train_group, "prepare", "streamanon.train.cli", "prepare_command"),
+        (train_group, "run", "streamanon.train.cli", "run_command"),
+        (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),
+    ):
+        try:
+            command = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            log.debug("command '%s' unavailable: %s", name, exc)
+            continue
+        parent.add_command(command, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the CLI and turns every failure into one line and an exit code."""
+    debug = os.environ.get("STREAMANON_DEBUG") == "1"
+    _register_optional_commands()
+    try:
+        cli.main(args=argv, prog_name="streamanon", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("streamanon: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        click.echo(f"streamanon: error: {exc.format_message()} (see 'streamanon --help')", err=True)
+        return EXIT_USAGE
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"streamanon: error: {exc}", err=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        click.echo("streamanon: interrupted; no output was written", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if debug:
+            raise
+        click.echo(
+            f"streamanon: internal error: {type(exc).__name__}: {exc} (set STREAMANON_DEBUG=1 for details)", err=True
+        )
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
