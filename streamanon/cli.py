@@ -46,7 +46,7 @@ def pipeline_options(command):
         click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
         click.option("--codec", type=str, help="Output video codec [libx264]."),
         click.option("--crf", type=click.IntRange(0, 63), help="Output quality, lower is better [18]."),
-        click.option("--preset", type=str, help="Encoder preset [medium]."),
+        click.option("--preset", type=str, help="Encoder preset [veryfast]."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -92,8 +92,14 @@ def cli(verbose: bool) -> None:
 @click.argument("dst", type=click.Path(path_type=Path))
 @pipeline_options
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option(
+    "--drop-unsupported-streams",
+    "drop_unsupported",
+    is_flag=True,
+    help="Leave out streams (e.g. subtitles) the output container cannot hold instead of failing.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-def file_command(src: Path, dst: Path, overwrite: bool, quiet: bool, **opts) -> None:
+def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, quiet: bool, **opts) -> None:
     """Anonymize a video, an image, or a folder of images SRC into DST.
 
     Videos keep their frame count, timestamps, rotation and audio (copied bit-exact).
@@ -101,7 +107,10 @@ def file_command(src: Path, dst: Path, overwrite: bool, quiet: bool, **opts) -> 
     from .pipeline import anonymize_file
 
     config = config_from_options(opts)
-    summary = anonymize_file(src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
+    summary = anonymize_file(
+        src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(),
+        drop_unsupported=drop_unsupported,
+    )
     if not quiet:
         click.echo(f"streamanon: {summary.line()}", err=True)
 

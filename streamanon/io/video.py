@@ -488,7 +488,7 @@ class VideoWriter:
             log.warning("not copying %s: %s", what, reason)
             self.dropped_streams.append(what)
             return
-        raise UserError(f"cannot copy {what} of the input: {reason} (or allow dropping unsupported streams)")
+        raise UserError(f"cannot copy {what} of the input: {reason} (or pass --drop-unsupported-streams to leave it out)")
 
     def _add_video(self, template: VideoReader) -> av.VideoStream:
         encode = self.encode

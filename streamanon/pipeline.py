@@ -1,0 +1,284 @@
+"""Orchestration: the only module that knows the order of the stages.
+
+source -> detect -> track -> landmarks -> align -> generate -> photometric -> composite -> sink
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .composite import feather, paste_aligned
+from .config import AnonymizerConfig
+from .errors import UserError
+from .faces.detect import CenterFaceDetector
+from .faces.track import FaceTracker
+from .replace import hide_face
+from .types import AlignedFace, Frame, FrameStats, TrackedFace
+
+log = logging.getLogger(__name__)
+
+# Frame rate assumed for timestamps when frames come without them (``Anonymizer.process``).
+DEFAULT_FPS = 25.0
+
+
+class Anonymizer:
+    """Anonymizes a sequence of frames from one camera; keeps tracking state between calls.
+
+    >>> anonymizer = Anonymizer(AnonymizerConfig())
+    >>> out = anonymizer.process(frame_rgb)   # (H, W, 3) uint8 RGB in, same out
+    """
+
+    def __init__(self, config: AnonymizerConfig | None = None) -> None:
+        self.config = config or AnonymizerConfig()
+        detect = self.config.detect
+        self.detector = CenterFaceDetector(
+            threshold=detect.threshold, scale=detect.scale, min_size=detect.min_size, nms_iou=detect.nms_iou
+        )
+        self.tracker = FaceTracker(self.config.track, self.config.smooth)
+        self._frame_index = 0
+        self._generate = self.config.mode == "generate"
+        if self._generate:
+            # Load everything generate mode needs now, so a missing model fails before any output.
+            from .faces.landmarks import LandmarkPredictor
+            from .generate.runtime import load_generator
+            from .photometric import get_backend
+
+            self.generator = load_generator(
+                self.config.generate.weights, device=self.config.device, backend=self.config.generate.backend
+            )
+            self.landmarks = LandmarkPredictor()
+            self.photometric = get_backend(self.config.device)
+
+    @property
+    def backend_name(self) -> str:
+        """What replaces faces: the generator backend in generate mode, else the mode."""
+        if self._generate:
+            return f"generate ({self.generator.backend_name})"
+        return self.config.mode
+
+    def reset(self) -> None:
+        """Forget all tracks (call between unrelated clips)."""
+        self.tracker.reset()
+        self._frame_index = 0
+
+    def process(self, frame_rgb: np.ndarray) -> np.ndarray:
+        """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""
+        frame = Frame(image=frame_rgb, index=self._frame_index)
+        return self.process_frame(frame)[0]
+
+    def process_frame(self, frame: Frame) -> tuple[np.ndarray, FrameStats]:
+        """Anonymize ``frame``; returns the new image and what was done to it."""
+        image = frame.image
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UserError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
+        t = frame.time if frame.time is not None else frame.index / DEFAULT_FPS
+        self._frame_index = frame.index + 1
+
+        detections = self.detector(image)
+        tracks = self.tracker.update(detections, t)
+        out = image.copy()
+        stats = FrameStats(faces=len(tracks), track_ids=[tr.track_id for tr in tracks])
+        stats.detected = sum(tr.detected for tr in tracks)
+        stats.coasting = stats.faces - stats.detected
+
+        to_hide: list[TrackedFace] = list(tracks)
+        if self._generate:
+            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t)
+            stats.generated = len(generated)
+            to_hide = [tr for tr in tracks if tr.track_id not in generated]
+            stats.fallback = sum(tr.detected for tr in to_hide)
+        # Fail closed: every known face that was not generated this frame is hidden by the baseline.
+        fallback_mode = "blur" if self._generate else self.config.mode
+        for track in to_hide:
+            hide_face(out, track.cover_box, fallback_mode, self.config.replace)
+        return out, stats
+
+    def hide_known_faces(self, image: np.ndarray) -> np.ndarray:
+        """Blur every face the tracker knows of at its predicted place, without detecting.
+
+        The fail-closed path for live streams: when a frame cannot be processed in time (or a
+        stage fails), it still goes out with every known face hidden.
+        """
+        out = image.copy()
+        for track in self.tracker.tracks:
+            hide_face(out, track.cover_box, "blur", self.config.replace)
+        return out
+
+    def _generate_faces(self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float) -> set[int]:
+        """Replace detected faces by generated ones in ``out``; return the track ids done."""
+        if not tracks:
+            return set()
+        from .faces.align import align_face
+
+        try:
+            boxes = np.stack([tr.raw_box if tr.raw_box is not None else tr.box for tr in tracks])
+            points = self.landmarks.predict(image, boxes)
+            aligned: list[AlignedFace] = []
+            for track, pts in zip(tracks, points):
+                smoothed = self.tracker.set_landmarks(track.track_id, pts, t)
+                aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
+            fakes = self.generator(aligned)
+            originals = np.stack([a.image for a in aligned])
+            masks = np.stack([a.mask for a in aligned])
+            fakes = self.photometric.postprocess(fakes, originals, masks, self.config.photometric)
+            for face, fake in zip(aligned, fakes):
+                # The face occupies about half the crop, so this is cfg.feather of the face size.
+                alpha = feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
+                paste_aligned(out, fake, face.matrix, alpha)
+        except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
+            log.exception("generation failed for %d face(s); blurring them", len(tracks))
+            return set()
+        return {tr.track_id for tr in tracks}
+
+
+@dataclass
+class RunSummary:
+    """What one run did, for the final summary line."""
+
+    frames: int = 0
+    faces: int = 0
+    fallback: int = 0
+    track_ids: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+    output: Path | None = None
+    backend: str = ""
+
+    @property
+    def tracks(self) -> int:
+        return len(self.track_ids)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, stats: FrameStats) -> None:
+        self.frames += 1
+        self.faces += stats.faces
+        self.fallback += stats.fallback
+        self.track_ids.update(stats.track_ids)
+
+    def line(self) -> str:
+        fallback = f", {self.fallback} fell back to blur" if self.fallback else ""
+        return (
+            f"{self.frames} frames, {self.faces} faces{fallback}, {self.tracks} tracks, "
+            f"{self.seconds:.1f} s, {self.fps:.1f} fps [{self.backend}] -> {self.output}"
+        )
+
+
+def anonymize_file(
+    src: str | Path,
+    dst: str | Path,
+    config: AnonymizerConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    drop_unsupported: bool = False,
+) -> RunSummary:
+    """Anonymize a video file, an image file, or a folder of images into ``dst``.
+
+    The output is written to a temporary file and renamed on success; the input is never modified.
+    ``drop_unsupported`` leaves out non-video streams the output container cannot hold instead of
+    failing.
+    """
+    from .io.images import is_image_path
+    from .io.paths import check_paths
+
+    src, dst = Path(src), Path(dst)
+    check_paths(src, dst, overwrite)
+    anonymizer = Anonymizer(config)
+    summary = RunSummary(output=dst, backend=anonymizer.backend_name)
+    started = time.perf_counter()
+    if src.is_dir():
+        _anonymize_folder(anonymizer, src, dst, summary, progress, overwrite)
+    elif is_image_path(src):
+        from .io.images import read_image, write_image
+
+        image, stats = anonymizer.process_frame(Frame(read_image(src), 0))
+        write_image(dst, image)
+        summary.add(stats)
+    else:
+        _anonymize_video(anonymizer, src, dst, summary, progress, overwrite, drop_unsupported)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _anonymize_folder(
+    anonymizer: Anonymizer, src: Path, dst: Path, summary: RunSummary, progress: bool, overwrite: bool
+) -> None:
+    from .io.images import iter_image_folder, read_image, write_image
+
+    items = list(iter_image_folder(src))
+    if not items:
+        raise UserError(f"no images found in folder {src}")
+    bar = _progress_bar(len(items), "images", progress)
+    for relative, path in items:
+        anonymizer.reset()  # photos of a folder are unrelated: no tracking across them
+        target = dst / relative
+        if target.exists() and not overwrite:
+            raise UserError(f"output exists: {target} (use --overwrite to replace it)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image, stats = anonymizer.process_frame(Frame(read_image(path), 0))
+        write_image(target, image)
+        summary.add(stats)
+        _advance(bar, summary)
+    _close(bar)
+
+
+def _anonymize_video(
+    anonymizer: Anonymizer, src: Path, dst: Path, summary: RunSummary, progress: bool, overwrite: bool,
+    drop_unsupported: bool,
+) -> None:
+    from .io.video import ProcessedFrame, VideoReader, from_display, to_display, transcode
+
+    with VideoReader(src) as reader:
+        total, rotation = reader.estimated_frame_count, reader.rotation
+    bar = _progress_bar(total, "frames", progress)
+
+    def process(frame: Frame) -> ProcessedFrame:
+        # Detectors and landmarks expect upright faces: work on the frame as a player shows it.
+        if rotation:
+            frame = dataclasses.replace(frame, image=to_display(frame.image, rotation))
+        image, stats = anonymizer.process_frame(frame)
+        if rotation:
+            image = from_display(image, rotation)
+        return ProcessedFrame(image, stats)
+
+    def on_frame(index: int, stats: FrameStats | None) -> None:
+        if stats is not None:
+            summary.add(stats)
+        _advance(bar, summary)
+
+    try:
+        transcode(
+            src, dst, process, anonymizer.config.encode, overwrite=overwrite, on_frame=on_frame,
+            drop_unsupported=drop_unsupported,
+        )
+    finally:
+        _close(bar)
+
+
+def _progress_bar(total: int | None, unit: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit[:-1], desc="anonymizing", dynamic_ncols=True, leave=False)
+
+
+def _advance(bar, summary: RunSummary) -> None:
+    if bar is None:
+        return
+    bar.update(1)
+    if summary.frames % 10 == 0 or summary.frames == 1:
+        bar.set_postfix(faces_per_frame=f"{summary.faces / max(1, summary.frames):.2f}", tracks=summary.tracks)
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()

@@ -1,0 +1,106 @@
+"""The command line: every bad input gives one clear line, a non-zero exit, and no file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from streamanon.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def files_in(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+def make_audio_only(path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_bad_inputs_one_line_nonzero_no_partial(tmp_path, capsys):
+    clip = shared_path("videos/grid_speaker_01.mpg")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"this is not a video" * 100)
+    audio_only = tmp_path / "audio_only.m4a"
+    make_audio_only(audio_only)
+    existing = tmp_path / "existing.mp4"
+    existing.write_bytes(b"keep me")
+    cases = [
+        ((tmp_path / "missing.mp4", tmp_path / "o1.mp4"), "not found"),
+        ((garbage, tmp_path / "o2.mp4"), "garbage.mp4"),
+        ((audio_only, tmp_path / "o3.mp4"), "no video stream"),
+        ((clip, clip), "differ"),
+        ((clip, existing), "--overwrite"),
+        ((clip, tmp_path / "no_such_dir" / "o4.mp4"), "no_such_dir"),
+        ((clip, tmp_path / "o5.mp4", "--mode", "banana"), "banana"),
+        ((clip, tmp_path / "o6.mp4", "--codec", "nonexistent_codec"), "nonexistent_codec"),
+    ]
+    for args, expected in cases:
+        before = files_in(tmp_path)
+        code, err = run_cli(capsys, "file", *args)
+        assert code != 0, args
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert expected.lower() in err.lower(), (expected, err)
+        assert files_in(tmp_path) == before, f"{args}: left {files_in(tmp_path) - before}"
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_unwritable_directory(tmp_path, capsys):
+    clip = shared_path("videos/grid_speaker_01.mpg")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root): cannot plant an unwritable dir")
+        code, err = run_cli(capsys, "file", clip, locked / "out.mp4")
+        assert code != 0 and "writable" in err.lower()
+    finally:
+        locked.chmod(0o700)
+
+
+def test_overwrite_and_summary(tmp_path, capsys):
+    clip = shared_path("videos/grid_speaker_02.mpg")
+    out = tmp_path / "out.mkv"
+    out.write_bytes(b"old")
+    code, err = run_cli(capsys, "file", clip, out, "--overwrite", "--mode", "pixelate", "--crf", "28")
+    assert code == 0, err
+    assert "75 frames" in err and "tracks" in err and "fps" in err
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames in (0, 75)  # mkv may not store a count
+    assert files_in(tmp_path) == {"out.mkv"}
+
+
+def test_quiet_prints_nothing(tmp_path, capsys):
+    clip = shared_path("images/multiface.jpg")
+    code, err = run_cli(capsys, "file", clip, tmp_path / "o.jpg", "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "streamanon", "file", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--overwrite" in result.stdout and "--detect-scale" in result.stdout

@@ -1,0 +1,153 @@
+"""End-to-end: `anonymize_file` on shared clips keeps the container and hides every face."""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from streamanon import Anonymizer, AnonymizerConfig, anonymize_file, load_config
+from streamanon.errors import ModelUnavailable
+from streamanon.faces.detect import CenterFaceDetector
+from streamanon.faces.embed import FaceEmbedder
+from streamanon.faces.landmarks import LandmarkPredictor
+from streamanon.types import Detections, Frame
+
+# dlib's own same-person threshold on ResNet embedding distance.
+SAME_PERSON = 0.6
+
+
+def decode_rgb(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def packet_bytes(path: Path, kind: str) -> list[bytes]:
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == kind]
+        return [bytes(p) for p in container.demux(streams) if p.size]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def face_region_mask(shape: tuple[int, int], boxes: np.ndarray, grow: float) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for x1, y1, x2, y2 in boxes:
+        dx, dy = (x2 - x1) * grow, (y2 - y1) * grow
+        mask[max(0, int(y1 - dy)) : int(y2 + dy) + 1, max(0, int(x1 - dx)) : int(x2 + dx) + 1] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def grid_blurred(tmp_path_factory) -> tuple[Path, Path]:
+    src = shared_path("videos/grid_speaker_00.mpg")
+    dst = tmp_path_factory.mktemp("grid") / "grid_anon.mp4"
+    digest = sha256(src)
+    summary = anonymize_file(src, dst, load_config(overrides={"replace.mode": "blur"}))
+    assert sha256(src) == digest, "the input must never be modified"
+    assert summary.frames == 75 and summary.faces >= 75
+    return src, dst
+
+
+def test_video_keeps_frames_timing_and_audio(grid_blurred):
+    src, dst = grid_blurred
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        assert vb.average_rate == va.average_rate
+        assert abs(float(b.duration - a.duration) / 1e6) < 1 / float(va.average_rate) + 1e-3
+        assert vb.codec_context.name == "h264"
+    assert len(decode_rgb(src)) == len(decode_rgb(dst))
+    assert packet_bytes(dst, "audio") == packet_bytes(src, "audio")  # bit-exact copy, no re-encode
+
+
+def test_only_faces_change(grid_blurred):
+    src, dst = grid_blurred
+    detector = CenterFaceDetector()
+    frames_in, frames_out = decode_rgb(src), decode_rgb(dst)
+    for index in range(0, len(frames_in), 8):
+        original, anonymized = frames_in[index], frames_out[index]
+        boxes = detector(original).boxes
+        assert len(boxes) == 1
+        diff = np.abs(original.astype(np.int16) - anonymized.astype(np.int16)).mean(axis=2)
+        outside = ~face_region_mask(diff.shape, boxes, grow=0.6)
+        assert diff[outside].mean() < 3.0, "pixels away from faces must survive (codec tolerance only)"
+        x1, y1, x2, y2 = boxes[0].astype(int)
+        assert diff[y1:y2, x1:x2].mean() > 8.0, "the face itself must change"
+
+
+def _leaks(original: np.ndarray, anonymized: np.ndarray, detector, predictor, embedder) -> list[float]:
+    """Embedding distances between each face of ``original`` and the same place in ``anonymized``."""
+    detections = detector(original)
+    big = detections[(detections.boxes[:, 2] - detections.boxes[:, 0]) >= 40]
+    if len(big) == 0:
+        return []
+    points = predictor.predict(original, big.boxes)
+    return [
+        float(np.linalg.norm(embedder.embed(original, p) - embedder.embed(anonymized, p))) for p in points
+    ]
+
+
+class DroppingDetector:
+    """The real detector, made to miss every face on chosen frames (to exercise coasting)."""
+
+    def __init__(self, detector, miss_frames: set[int]) -> None:
+        self.detector, self.miss_frames, self.calls = detector, miss_frames, 0
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        index, self.calls = self.calls, self.calls + 1
+        return Detections.empty() if index in self.miss_frames else self.detector(image)
+
+
+@pytest.mark.slow
+def test_blur_hides_every_face_even_when_detector_misses():
+    """Multi-person 1080p clip: no original face is recognisable in any output frame."""
+    frames = decode_rgb(shared_path("videos/street_1080p_multi.mp4"))[:40]
+    miss = {5, 6, 7, 20, 31}
+    anonymizer = Anonymizer(load_config(overrides={"replace.mode": "blur"}))
+    anonymizer.detector = DroppingDetector(anonymizer.detector, miss)
+    truth_detector, predictor, embedder = CenterFaceDetector(threshold=0.5), LandmarkPredictor(), FaceEmbedder()
+    checked_coasting = 0
+    for index, image in enumerate(frames):
+        out, stats = anonymizer.process_frame(Frame(image, index, pts=index, time_base=Fraction(1, 25)))
+        if index in miss:
+            assert stats.detected == 0 and stats.coasting >= 1
+        distances = _leaks(image, out, truth_detector, predictor, embedder)
+        assert all(d > SAME_PERSON for d in distances), f"frame {index}: a face is recognisable {distances}"
+        checked_coasting += len(distances) if index in miss else 0
+    assert checked_coasting >= 2, "the clip must show faces during the planted misses"
+
+
+def test_image_file_and_modes(tmp_path):
+    src = shared_path("images/multiface.jpg")
+    for mode in ("blur", "pixelate", "solid"):
+        dst = tmp_path / f"multiface_{mode}.png"
+        summary = anonymize_file(src, dst, load_config(overrides={"replace.mode": mode}))
+        assert dst.exists() and summary.faces == 6, mode
+    solid = decode_rgb(tmp_path / "multiface_solid.png")[0]
+    # The solid fill colour is present as a large flat area.
+    grey = np.all(solid == 128, axis=2)
+    assert grey.sum() > 6 * 100
+
+
+def test_generate_with_missing_weights_fails_clearly(tmp_path):
+    config = AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.weights": str(tmp_path / "absent.pt")}
+    )
+    with pytest.raises(ModelUnavailable, match="absent.pt"):
+        Anonymizer(config)
+
+
+@pytest.mark.skipif(
+    (Path(__file__).parents[1] / "streamanon" / "weights" / "generator_128.pt").exists(),
+    reason="trained generator weights are shipped",
+)
+def test_generate_without_shipped_weights_refuses_instead_of_faking():
+    with pytest.raises(ModelUnavailable, match="generator"):
+        Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
