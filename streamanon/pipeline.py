@@ -50,7 +50,10 @@ class Anonymizer:
             from .photometric import get_backend
 
             self.generator = load_generator(
-                self.config.generate.weights, device=self.config.device, backend=self.config.generate.backend
+                self.config.generate.weights,
+                device=self.config.device,
+                backend=self.config.generate.backend,
+                seed=self.config.generate.seed,
             )
             self.landmarks = LandmarkPredictor()
             self.photometric = get_backend(self.config.device)

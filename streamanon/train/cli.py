@@ -1,0 +1,139 @@
+"""Click commands of the generator trainer; ``streamanon.cli`` registers them as
+``streamanon train prepare`` and ``streamanon train run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+@click.command("prepare")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="New data directory.")
+@click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024), help="Aligned crop side (px).")
+@click.option("--quality", default=None, type=click.IntRange(1, 100), help="JPEG quality of the stored crops [75].")
+@click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.5), help="Held-out share.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="At most this many images per source (seeded sample).")
+@click.option("--workers", default=None, type=click.IntRange(1, 256), help="Processes [CPU count].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the subset and the split.")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0.05, 0.95), help="Detection score.")
+@click.option("--min-coverage", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Drop faces whose mask region lies less than this share inside the photo.")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def prepare_command(
+    sources: tuple[Path, ...],
+    out: Path,
+    size: int,
+    quality: int | None,
+    val_fraction: float,
+    limit: int | None,
+    workers: int | None,
+    seed: int,
+    threshold: float,
+    min_coverage: float,
+    quiet: bool,
+) -> None:
+    """Detect, landmark and align the faces of image folders SOURCES into training shards in OUT."""
+    from .prepare import DEFAULT_QUALITY, PrepareOptions, prepare
+
+    options = PrepareOptions(
+        size=size,
+        quality=quality or DEFAULT_QUALITY,
+        val_fraction=val_fraction,
+        seed=seed,
+        threshold=threshold,
+        min_coverage=min_coverage,
+    )
+    workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    meta = prepare(sources, out, options, limit=limit, workers=workers, progress=not quiet and sys.stderr.isatty())
+    counts, dropped = meta["counts"], meta["dropped"]
+    click.echo(
+        f"prepared {counts['train']} train + {counts['val']} val faces from {meta['images']} images "
+        f"(dropped {sum(dropped.values())}: {json.dumps(dropped)}) in {meta['seconds']} s; "
+        f"{meta['bytes'] / 2**20:.2f} MiB, {meta['bytes_per_face']:.0f} B/face, "
+        f"~{meta['estimate']['mib']} MiB for {meta['estimate']['faces']} faces -> {out}"
+    )
+
+
+@click.command("run")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--steps", default=60_000, show_default=True, type=click.IntRange(1), help="Total steps (resume continues).")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(1), help="Faces per step.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--lr", default=None, type=click.FloatRange(0, min_open=True), help="Learning rate of G and D [0.002].")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Data loader processes.")
+@click.option("--resume", default="auto", show_default=True, help="'auto' (OUT/checkpoint.pt if any), 'none' or a path.")
+@click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0))
+@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--base-channels", default=None, type=click.IntRange(4, 256), help="Generator width [32].")
+@click.option("--config", "config_json", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file of TrainConfig fields (command-line options win).")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def run_command(
+    data: Path,
+    out: Path,
+    steps: int,
+    batch: int,
+    device: str,
+    seed: int,
+    lr: float | None,
+    amp: str,
+    workers: int,
+    resume: str,
+    sample_every: int,
+    checkpoint_every: int,
+    log_every: int,
+    base_channels: int | None,
+    config_json: Path | None,
+    quiet: bool,
+) -> None:
+    """Train the landmark-conditioned generator on DATA; results (checkpoint, weights, loss
+    curves, sample grids) go to OUT."""
+    from .loop import TrainConfig, train
+
+    fields: dict = {}
+    if config_json is not None:
+        try:
+            fields = json.loads(config_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{config_json} is not valid JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise UserError(f"{config_json} must hold a JSON object of TrainConfig fields")
+    given = {
+        "data": str(data),
+        "out": str(out),
+        "steps": steps,
+        "batch": batch,
+        "device": device,
+        "seed": seed,
+        "amp": amp,
+        "workers": workers,
+        "resume": None if resume.lower() == "none" else resume,
+        "sample_every": sample_every,
+        "checkpoint_every": checkpoint_every,
+        "log_every": log_every,
+    }
+    ctx = click.get_current_context()
+    for key, value in given.items():
+        # Options left at their default do not override the JSON file.
+        explicit = ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT
+        if explicit or key not in fields:
+            fields[key] = value
+    fields["progress"] = not quiet
+    if lr is not None:
+        fields.update(lr_g=lr, lr_d=lr)
+    if base_channels is not None:
+        fields["generator"] = dict(fields.get("generator", {}), base_channels=base_channels)
+    result = train(TrainConfig.from_dict(fields))
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+    click.echo(f"trained steps {result.start_step + 1}..{result.step} ({summary}); weights -> {result.weights}")
