@@ -131,6 +131,7 @@ def _register_optional_commands() -> None:
 
     for parent, name, module, attribute in (
         (cli, "eval", "streamanon.metrics.cli", "eval_command"),
+        (cli, "stream", "streamanon.live.cli", "stream_command"),
         (train_group, "prepare", "streamanon.train.cli", "prepare_command"),
         (train_group, "run", "streamanon.train.cli", "run_command"),
         (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),
