@@ -16,6 +16,8 @@ from streamanon.errors import ModelUnavailable
 from streamanon.faces.detect import CenterFaceDetector
 from streamanon.faces.embed import FaceEmbedder
 from streamanon.faces.landmarks import LandmarkPredictor
+from streamanon.config import ReplaceConfig
+from streamanon.replace import hide_face
 from streamanon.types import Detections, Frame
 
 # dlib's own same-person threshold on ResNet embedding distance.
@@ -82,16 +84,35 @@ def test_only_faces_change(grid_blurred):
         assert diff[y1:y2, x1:x2].mean() > 8.0, "the face itself must change"
 
 
-def _leaks(original: np.ndarray, anonymized: np.ndarray, detector, predictor, embedder) -> list[float]:
-    """Embedding distances between each face of ``original`` and the same place in ``anonymized``."""
+def _leaks(original: np.ndarray, anonymized: np.ndarray, detector, predictor, embedder) -> list[tuple[float, float]]:
+    """For each face of ``original``: (distance to the same place in ``anonymized``, distance to erased).
+
+    "Erased" is the original with the face's region filled flat with its own mean colour: the
+    limit of an infinitely strong blur, which keeps skin tone and no facial structure at all.
+    For small, low-resolution faces dlib's embedding of the original can lie within 0.6 of such a
+    featureless blob (measured: 0.556 for a 66 px face of the street clip), so 0.6 is only a
+    meaningful bar for faces whose erased copy is beyond it.
+    """
     detections = detector(original)
     big = detections[(detections.boxes[:, 2] - detections.boxes[:, 0]) >= 40]
     if len(big) == 0:
         return []
-    points = predictor.predict(original, big.boxes)
-    return [
-        float(np.linalg.norm(embedder.embed(original, p) - embedder.embed(anonymized, p))) for p in points
-    ]
+    points = predictor.predict(original, big.boxes, big.keypoints)
+    erased = original.copy()
+    for box in big.boxes:
+        x1, y1, x2, y2 = box.astype(int)
+        mean_colour = original[max(0, y1) : y2, max(0, x1) : x2].reshape(-1, 3).mean(axis=0)
+        hide_face(erased, box, "solid", ReplaceConfig(solid_color=tuple(int(c) for c in mean_colour)))
+    result = []
+    for p in points:
+        reference = embedder.embed(original, p)
+        result.append(
+            (
+                float(np.linalg.norm(reference - embedder.embed(anonymized, p))),
+                float(np.linalg.norm(reference - embedder.embed(erased, p))),
+            )
+        )
+    return result
 
 
 class DroppingDetector:
@@ -107,20 +128,29 @@ class DroppingDetector:
 
 @pytest.mark.slow
 def test_blur_hides_every_face_even_when_detector_misses():
-    """Multi-person 1080p clip: no original face is recognisable in any output frame."""
+    """Multi-person 1080p clip: no original face is recognisable in any output frame.
+
+    Identifiable faces (erasing them moves the embedding past dlib's 0.6) must end up past 0.6;
+    the others must carry no more identity than a fully erased face (see ``_leaks``).
+    """
     frames = decode_rgb(shared_path("videos/street_1080p_multi.mp4"))[:40]
     miss = {5, 6, 7, 20, 31}
     anonymizer = Anonymizer(load_config(overrides={"replace.mode": "blur"}))
     anonymizer.detector = DroppingDetector(anonymizer.detector, miss)
     truth_detector, predictor, embedder = CenterFaceDetector(threshold=0.5), LandmarkPredictor(), FaceEmbedder()
-    checked_coasting = 0
+    checked_coasting = identifiable = 0
     for index, image in enumerate(frames):
         out, stats = anonymizer.process_frame(Frame(image, index, pts=index, time_base=Fraction(1, 25)))
         if index in miss:
             assert stats.detected == 0 and stats.coasting >= 1
-        distances = _leaks(image, out, truth_detector, predictor, embedder)
-        assert all(d > SAME_PERSON for d in distances), f"frame {index}: a face is recognisable {distances}"
-        checked_coasting += len(distances) if index in miss else 0
+        for hidden, erased in _leaks(image, out, truth_detector, predictor, embedder):
+            if erased > SAME_PERSON:
+                identifiable += 1
+                assert hidden > SAME_PERSON, f"frame {index}: a face is recognisable ({hidden:.3f})"
+            else:
+                assert hidden > erased - 0.05, f"frame {index}: more identity left than erasing ({hidden:.3f})"
+            checked_coasting += index in miss
+    assert identifiable >= 40, "the clip must show identifiable faces for this test to mean anything"
     assert checked_coasting >= 2, "the clip must show faces during the planted misses"
 
 
