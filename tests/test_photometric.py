@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -341,5 +346,43 @@ def test_unknown_device_is_a_user_error():
 def test_cuda_backend_without_cupy_is_a_user_error():
     if importlib.util.find_spec("cupy") is not None:
         pytest.skip("CuPy is installed here; this test is about a machine without it")
-    with pytest.raises(UserError, match="CuPy"):
-        get_backend("cuda:0")
+    for device in ("cuda", "cuda:0", "CUDA:1"):
+        with pytest.raises(UserError) as info:
+            get_backend(device)
+        message = str(info.value)
+        assert "CuPy" in message and "pip install 'streamanon[gpu]'" in message and "\n" not in message
+
+
+def test_the_cpu_path_never_imports_cupy():
+    """Importing the package and running the reference must not even try to import CuPy."""
+    code = """
+import sys
+attempts = []
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cupy":
+            attempts.append(name)
+        return None
+sys.meta_path.insert(0, Recorder())
+import numpy as np
+import streamanon, streamanon.pipeline, streamanon.photometric as photometric
+from streamanon.config import PhotometricConfig
+face = np.full((1, 16, 16, 3), 100, np.uint8)
+photometric.get_backend("cpu").postprocess(face, face, np.ones((1, 16, 16), np.float32), PhotometricConfig())
+assert not attempts and "cupy" not in sys.modules, attempts
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_module_defines_the_api_with_the_reference_signatures():
+    """Checked from the source, so that it runs without CuPy (the GPU tests compare values)."""
+    tree = ast.parse((Path(reference.__file__).parent / "cuda.py").read_text())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for name in API:
+        assert name in functions, name
+        args = functions[name].args
+        expected = inspect.signature(getattr(reference, name)).parameters.values()
+        assert [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs] == [p.name for p in expected], name
+        assert len(args.defaults) == sum(p.default is not inspect.Parameter.empty for p in expected), name
+    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert any(isinstance(node, ast.Import) and node.names[0].name == "cupy" for node in imports)
