@@ -1,4 +1,18 @@
-"""Command line: ``streamanon file|eval|train ...``.
+"""Command line: ``streamanon COMMAND ...``.
+
+Commands:
+
+* ``file``: anonymize a video, an image or a folder of images (this module).
+* ``stream``: anonymize a live source into a live sink (:mod:`streamanon.live.cli`).
+* ``eval``: clip-level privacy and utility metrics, with JSON/console/HTML reports
+  (:mod:`streamanon.metrics.cli`).
+* ``bench``: per-stage latency per frame and per face, and the end-to-end comparison with
+  deface (:mod:`streamanon.bench.cli`).
+* ``export``: build the generator's TensorRT engines once per machine
+  (:mod:`streamanon.generate.export_cli`).
+* ``train prepare``, ``train run``: build the generator's training set and train it
+  (:mod:`streamanon.train.cli`); ``train emotion``: the emotion classifier used by ``eval``
+  (:mod:`streamanon.train.emotion`).
 
 Every failure reaches the user as one line on stderr and a non-zero exit code:
 1 for a problem with the input or environment, 2 for a bad command line, 130 for Ctrl-C.
@@ -132,6 +146,8 @@ def _register_optional_commands() -> None:
     for parent, name, module, attribute in (
         (cli, "eval", "streamanon.metrics.cli", "eval_command"),
         (cli, "stream", "streamanon.live.cli", "stream_command"),
+        (cli, "bench", "streamanon.bench.cli", "bench_command"),
+        (cli, "export", "streamanon.generate.export_cli", "export_command"),
         (train_group, "prepare", "streamanon.train.cli", "prepare_command"),
         (train_group, "run", "streamanon.train.cli", "run_command"),
         (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,11 @@ from .errors import UserError
 from .faces.detect import CenterFaceDetector
 from .faces.track import FaceTracker
 from .replace import hide_face
+from .timing import NULL_TIMER, StageClock
 from .types import AlignedFace, Frame, FrameStats, TrackedFace
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
+    from .generate.runtime import GeneratorRuntime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,9 @@ class Anonymizer:
     >>> out = anonymizer.process(frame_rgb)   # (H, W, 3) uint8 RGB in, same out
     """
 
-    def __init__(self, config: AnonymizerConfig | None = None) -> None:
+    def __init__(self, config: AnonymizerConfig | None = None, *, generator: GeneratorRuntime | None = None) -> None:
+        """``generator`` (generate mode only) is a ready ``GeneratorRuntime`` to use instead of
+        loading ``config.generate.weights``; benchmarks pass one built from a temporary file."""
         self.config = config or AnonymizerConfig()
         detect = self.config.detect
         self.detector = CenterFaceDetector(
@@ -49,12 +56,14 @@ class Anonymizer:
             from .generate.runtime import load_generator
             from .photometric import get_backend
 
-            self.generator = load_generator(
-                self.config.generate.weights,
-                device=self.config.device,
-                backend=self.config.generate.backend,
-                seed=self.config.generate.seed,
-            )
+            if generator is None:
+                generator = load_generator(
+                    self.config.generate.weights,
+                    device=self.config.device,
+                    backend=self.config.generate.backend,
+                    seed=self.config.generate.seed,
+                )
+            self.generator = generator
             self.landmarks = LandmarkPredictor()
             self.photometric = get_backend(self.config.device)
 
@@ -75,31 +84,40 @@ class Anonymizer:
         frame = Frame(image=frame_rgb, index=self._frame_index)
         return self.process_frame(frame)[0]
 
-    def process_frame(self, frame: Frame) -> tuple[np.ndarray, FrameStats]:
-        """Anonymize ``frame``; returns the new image and what was done to it."""
+    def process_frame(self, frame: Frame, timer: StageClock = NULL_TIMER) -> tuple[np.ndarray, FrameStats]:
+        """Anonymize ``frame``; returns the new image and what was done to it.
+
+        ``timer.stage(name)`` wraps each stage (detect, track, landmarks, align, generate,
+        photometric, composite, copy, hide); see :mod:`streamanon.timing`.
+        """
         image = frame.image
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UserError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
         t = frame.time if frame.time is not None else frame.index / DEFAULT_FPS
         self._frame_index = frame.index + 1
 
-        detections = self.detector(image)
-        tracks = self.tracker.update(detections, t)
-        out = image.copy()
+        with timer.stage("detect"):
+            detections = self.detector(image)
+        with timer.stage("track"):
+            tracks = self.tracker.update(detections, t)
+        with timer.stage("copy"):
+            out = image.copy()
         stats = FrameStats(faces=len(tracks), track_ids=[tr.track_id for tr in tracks])
         stats.detected = sum(tr.detected for tr in tracks)
         stats.coasting = stats.faces - stats.detected
 
         to_hide: list[TrackedFace] = list(tracks)
         if self._generate:
-            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t)
+            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t, timer)
             stats.generated = len(generated)
             to_hide = [tr for tr in tracks if tr.track_id not in generated]
             stats.fallback = sum(tr.detected for tr in to_hide)
         # Fail closed: every known face that was not generated this frame is hidden by the baseline.
         fallback_mode = "blur" if self._generate else self.config.mode
-        for track in to_hide:
-            hide_face(out, track.cover_box, fallback_mode, self.config.replace)
+        if to_hide:
+            with timer.stage("hide"):
+                for track in to_hide:
+                    hide_face(out, track.cover_box, fallback_mode, self.config.replace)
         return out, stats
 
     def hide_known_faces(self, image: np.ndarray) -> np.ndarray:
@@ -113,32 +131,40 @@ class Anonymizer:
             hide_face(out, track.cover_box, "blur", self.config.replace)
         return out
 
-    def _generate_faces(self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float) -> set[int]:
+    def _generate_faces(
+        self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, timer: StageClock = NULL_TIMER
+    ) -> set[int]:
         """Replace detected faces by generated ones in ``out``; return the track ids done."""
         if not tracks:
             return set()
         from .faces.align import align_face
 
         try:
-            boxes = np.stack([tr.raw_box if tr.raw_box is not None else tr.box for tr in tracks])
-            # Detector keypoints place dlib's box far better than the box alone (NME 0.039 vs 0.067
-            # on AFW); a NaN row makes the predictor fall back to the box for that face.
-            keypoints = np.stack(
-                [tr.keypoints if tr.keypoints is not None else np.full((5, 2), np.nan, np.float32) for tr in tracks]
-            )
-            points = self.landmarks.predict(image, boxes, keypoints)
+            with timer.stage("landmarks"):
+                boxes = np.stack([tr.raw_box if tr.raw_box is not None else tr.box for tr in tracks])
+                # Detector keypoints place dlib's box far better than the box alone (NME 0.039 vs 0.067
+                # on AFW); a NaN row makes the predictor fall back to the box for that face.
+                keypoints = np.stack(
+                    [tr.keypoints if tr.keypoints is not None else np.full((5, 2), np.nan, np.float32) for tr in tracks]
+                )
+                points = self.landmarks.predict(image, boxes, keypoints)
             aligned: list[AlignedFace] = []
             for track, pts in zip(tracks, points):
-                smoothed = self.tracker.set_landmarks(track.track_id, pts, t)
-                aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
-            fakes = self.generator(aligned)
-            originals = np.stack([a.image for a in aligned])
-            masks = np.stack([a.mask for a in aligned])
-            fakes = self.photometric.postprocess(fakes, originals, masks, self.config.photometric)
-            for face, fake in zip(aligned, fakes):
-                # The face occupies about half the crop, so this is cfg.feather of the face size.
-                alpha = feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
-                paste_aligned(out, fake, face.matrix, alpha)
+                with timer.stage("track"):  # landmark smoothing is part of tracking
+                    smoothed = self.tracker.set_landmarks(track.track_id, pts, t)
+                with timer.stage("align"):
+                    aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
+            with timer.stage("generate"):
+                fakes = self.generator(aligned)
+            with timer.stage("photometric"):
+                originals = np.stack([a.image for a in aligned])
+                masks = np.stack([a.mask for a in aligned])
+                fakes = self.photometric.postprocess(fakes, originals, masks, self.config.photometric)
+            with timer.stage("composite"):
+                for face, fake in zip(aligned, fakes):
+                    # The face occupies about half the crop, so this is cfg.feather of the face size.
+                    alpha = feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
+                    paste_aligned(out, fake, face.matrix, alpha)
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
