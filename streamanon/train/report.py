@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import types
 from pathlib import Path
 from typing import Sequence
 
@@ -76,6 +77,10 @@ def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, smooth
     try:
         import matplotlib
 
+        # colour-science puts a MagicMock in sys.modules["matplotlib"] when matplotlib is
+        # missing; only a real module can draw.
+        if not isinstance(matplotlib, types.ModuleType):
+            raise ImportError("matplotlib is a stand-in, not the real package")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
