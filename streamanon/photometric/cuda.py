@@ -59,6 +59,7 @@ import numpy as np
 
 from ..config import PhotometricConfig
 from ..errors import UserError
+from . import API
 from .reference import (
     CHROMA_STD_FLOOR,
     GRAY_WEIGHTS,
@@ -71,17 +72,7 @@ from .reference import (
     _max_levels,
 )
 
-__all__ = [
-    "shading_albedo",
-    "relight",
-    "laplacian_pyramid",
-    "reconstruct_pyramid",
-    "laplacian_refine",
-    "color_transfer",
-    "postprocess",
-    "rgb_to_ycbcr",
-    "ycbcr_to_rgb",
-]
+__all__ = [*API, "rgb_to_ycbcr", "ycbcr_to_rgb"]
 
 # OpenCV's bilateralFilter_32f: 4096 bins of its exp table per channel, 2 more for interpolation.
 _EXP_BINS = 4096
