@@ -76,6 +76,8 @@ def test_train_command_writes_a_loadable_checkpoint(tmp_path):
     assert clf.classes == FER_CLASSES
     summary = json.loads(torch.load(out, weights_only=True)["summary_json"])
     assert summary["config"]["epochs"] == 1 and summary["tta"] in ("flip", "tencrop")
+    card = out.with_suffix(".md").read_text()
+    assert f"{summary['test_accuracy']:.4f}" in card and "research-only" in card
     probs = clf.predict_proba48(np.zeros((3, 48, 48), np.uint8))
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
 

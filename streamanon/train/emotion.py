@@ -236,8 +236,45 @@ def train_emotion(
     tmp = out_path.with_suffix(out_path.suffix + ".partial.tmp")
     torch.save(ckpt, tmp)
     tmp.replace(out_path)  # never leave a half-written checkpoint behind
+    from ..bench.environment import cpu_model, usable_cores
+
+    card = model_card(summary, classes, f"{cpu_model()} ({usable_cores()} cores)")
+    out_path.with_suffix(".md").write_text(card, encoding="utf-8")
     log(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} ({tta}), {train_seconds / 60:.1f} min")
     return summary
+
+
+def model_card(summary: dict, classes: list[str], hardware: str) -> str:
+    """The Markdown model card of a trained checkpoint, from its summary (nothing typed by hand)."""
+    cfg = summary["config"]
+    last = summary["history"][-1] if summary.get("history") else {}
+    lines = [
+        "# emotion_fer2013.pt: FER2013 expression classifier",
+        "",
+        "Used by `streamanon eval` for emotion agreement (same label before and after anonymization).",
+        "",
+        f"- Classes: {', '.join(classes)}",
+        f"- Network: `EmotionNet(width={cfg['width']})` (four VGG stages, GAP head) on 40x40 crops of 48x48 grayscale faces",
+        f"- Data: FER2013 (`../shared/data/emotion/fer2013_48.npz`), trained on split(s) {', '.join(cfg['train_splits'])}; "
+        "validation chose the test-time augmentation; the test split was held out",
+        f"- Training: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW + OneCycle (peak lr {cfg['max_lr']}), "
+        f"label smoothing {cfg['label_smoothing']}, seed {cfg['seed']}, {summary['train_seconds'] / 60:.0f} min on {hardware}, "
+        f"torch {summary['torch_version']}",
+        f"- Final epoch: train accuracy {last.get('train_acc', float('nan')):.4f} (augmented), validation {last.get('val_acc_flip', float('nan')):.4f} (flip)",
+        "",
+        "| split | flip (2 views) | ten-crop (10 views) |",
+        "|---|---|---|",
+        f"| validation (3,589) | {summary['val_accuracy_flip']:.4f} | {summary['val_accuracy_tencrop']:.4f} |",
+        f"| test (3,589) | {summary['test_accuracy_flip']:.4f} | {summary['test_accuracy_tencrop']:.4f} |",
+        "",
+        f"Shipped test accuracy: **{summary['test_accuracy']:.4f}** ({summary['tta']}, chosen on validation).",
+        "",
+        "Licence: FER2013 was released for research (ICML 2013 challenge); these weights inherit its",
+        "research-only terms. Reproduce with `streamanon train emotion --epochs "
+        f"{cfg['epochs']}{'' if cfg['bf16'] else ' --no-bf16'} --out emotion_fer2013.pt`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _default_data() -> Path:
