@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,11 @@ def test_deface_comparison_on_the_same_clip(tmp_path, faces_dir):
     assert result["deface"]["status"] == "ok", result["deface"]
     assert result["deface"]["version"] and result["deface"]["args"][:3] == ["INPUT", "-o", "OUTPUT"]
     assert result["deface_over_streamanon"] > 0
+
+
+def test_results_carry_no_machine_specific_paths(tmp_path):
+    from streamanon.bench.report import portable_paths
+
+    doc = {"clip": "/data/videos/a.mp4", "cmd": ["/opt/venv/bin/deface", "-o", "relative.mp4"], "n": 3}
+    out = portable_paths(doc, base=Path("/data/project"))
+    assert out == {"clip": "../videos/a.mp4", "cmd": ["../../opt/venv/bin/deface", "-o", "relative.mp4"], "n": 3}

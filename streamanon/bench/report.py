@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -34,11 +35,24 @@ def default_output(results_dir: Path, device_slug: str, when: datetime) -> Path:
     return results_dir / f"stages-{device_slug}-{when:%Y-%m-%d-%H%M%S}.json"
 
 
+def portable_paths(value, base: Path | None = None):
+    """``value`` with every absolute path string made relative to ``base`` (the current folder):
+    results are committed and shared, and must not carry one machine's folder layout."""
+    base = Path.cwd() if base is None else base
+    if isinstance(value, dict):
+        return {k: portable_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, base) for v in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value:
+        return os.path.relpath(value, base)
+    return value
+
+
 def write_json(report: dict, path: Path) -> Path:
-    """Write ``report`` as JSON (strict: no NaN) to ``path`` via a temporary file."""
+    """Write ``report`` as JSON (strict: no NaN, portable paths) to ``path`` via a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(portable_paths(report), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 
