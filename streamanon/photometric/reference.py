@@ -105,6 +105,16 @@ def _check_config(cfg: PhotometricConfig) -> None:
         raise UserError(f"photometric.pyramid_levels must be >= 1, got {cfg.pyramid_levels}")
 
 
+def _run_step(step, anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: PhotometricConfig) -> np.ndarray:
+    """What every public single step does around its float32 core ``step(anon, orig, mask, cfg)``:
+    check the inputs, pass an empty batch through, round to uint8 once at the end."""
+    _check_config(cfg)
+    anon_f, orig_f, mask_f = _check_batch(anon, orig, mask)
+    if len(anon_f) == 0:
+        return np.zeros(anon_f.shape, np.uint8)
+    return _to_uint8(step(anon_f, orig_f, mask_f, cfg))
+
+
 def _within_mask(base: np.ndarray, changed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``base + mask * (changed - base)``: the step applies inside the face region only."""
     return base + mask[..., None] * (changed - base)
@@ -174,11 +184,7 @@ def relight(anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: Photometr
     Returns:
         ``(B, S, S, 3)`` uint8.
     """
-    _check_config(cfg)
-    anon_f, orig_f, mask_f = _check_batch(anon, orig, mask)
-    if len(anon_f) == 0:
-        return np.zeros(anon_f.shape, np.uint8)
-    return _to_uint8(_relight(anon_f, orig_f, mask_f, cfg))
+    return _run_step(_relight, anon, orig, mask, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,11 +310,7 @@ def laplacian_refine(relit: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg:
     Returns:
         ``(B, S, S, 3)`` uint8.
     """
-    _check_config(cfg)
-    relit_f, orig_f, mask_f = _check_batch(relit, orig, mask)
-    if len(relit_f) == 0:
-        return np.zeros(relit_f.shape, np.uint8)
-    return _to_uint8(_laplacian_refine(relit_f, orig_f, mask_f, cfg))
+    return _run_step(_laplacian_refine, relit, orig, mask, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,11 +379,7 @@ def color_transfer(anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: Ph
     Returns:
         ``(B, S, S, 3)`` uint8.
     """
-    _check_config(cfg)
-    anon_f, orig_f, mask_f = _check_batch(anon, orig, mask)
-    if len(anon_f) == 0:
-        return np.zeros(anon_f.shape, np.uint8)
-    return _to_uint8(_color_transfer(anon_f, orig_f, mask_f))
+    return _run_step(lambda a, o, m, _cfg: _color_transfer(a, o, m), anon, orig, mask, cfg)
 
 
 # --------------------------------------------------------------------------------------------
