@@ -150,6 +150,8 @@ def _register_optional_commands() -> None:
         (cli, "export", "streamanon.generate.export_cli", "export_command"),
         (train_group, "prepare", "streamanon.train.cli", "prepare_command"),
         (train_group, "run", "streamanon.train.cli", "run_command"),
+        (train_group, "appearance", "streamanon.train.cli", "appearance_command"),
+        (train_group, "validate", "streamanon.train.cli", "validate_command"),
         (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),
     ):
         try:

@@ -89,6 +89,16 @@ class GenerateConfig:
     backend: Literal["auto", "eager", "compile", "tensorrt"] = "auto"
     crop_size: int = 128
     seed: int = 0  # base of the per-track latent codes
+    # Identity guard (generate/guard.py): candidate identities tried per new track, and the dlib
+    # distance to the original below which a candidate counts as re-identified. 0 switches it off.
+    guard_candidates: int = 16
+    guard_distance: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.guard_candidates < 0:
+            raise UserError(f"generate.guard_candidates must be >= 0, got {self.guard_candidates}")
+        if not 0.0 < self.guard_distance < 2.0:
+            raise UserError(f"generate.guard_distance must be in (0, 2), got {self.guard_distance}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,12 @@ from .timing import NULL_TIMER, StageClock
 from .types import AlignedFace, Frame, FrameStats, TrackedFace
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
+    from .generate.guard import IdentityChoice, IdentityGuard
     from .generate.runtime import GeneratorRuntime
+
+# A track whose candidate identities were all too like the original stays blurred; the guard
+# tries again with a new view of the face after this many seconds.
+GUARD_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,14 @@ class Anonymizer:
                 )
             self.generator = generator
             self.landmarks = LandmarkPredictor()
+            from .generate.guard import postprocessings
+
             self.photometric = get_backend(self.config.device)
+            self.postprocess = postprocessings(self.photometric, self.config.photometric)
+            self.guard = self._build_guard()
+        # Generate mode, per track: the identity guard's choice, and when to retry a refused one.
+        self._identities: dict[int, IdentityChoice] = {}
+        self._retry_at: dict[int, float] = {}
 
     @property
     def backend_name(self) -> str:
@@ -78,6 +90,16 @@ class Anonymizer:
         """Forget all tracks (call between unrelated clips)."""
         self.tracker.reset()
         self._frame_index = 0
+        self._identities.clear()
+        self._retry_at.clear()
+
+    def _build_guard(self) -> IdentityGuard | None:
+        settings = self.config.generate
+        if settings.guard_candidates == 0:
+            return None
+        from .generate.guard import IdentityGuard
+
+        return IdentityGuard(self.generator, self.postprocess, settings.guard_candidates, settings.guard_distance)
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray:
         """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""
@@ -154,12 +176,18 @@ class Anonymizer:
                     smoothed = self.tracker.set_landmarks(track.track_id, pts, t)
                 with timer.stage("align"):
                     aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
+            with timer.stage("guard"):
+                aligned, latents, ways = self._identities_for(aligned, t)
+            if not aligned:
+                return set()
             with timer.stage("generate"):
-                fakes = self.generator(aligned)
+                fakes = self.generator(aligned, latents=latents)
             with timer.stage("photometric"):
-                originals = np.stack([a.image for a in aligned])
-                masks = np.stack([a.mask for a in aligned])
-                fakes = self.photometric.postprocess(fakes, originals, masks, self.config.photometric)
+                for name in set(ways):
+                    rows = [i for i, way in enumerate(ways) if way == name]
+                    originals = np.stack([aligned[i].image for i in rows])
+                    masks = np.stack([aligned[i].mask for i in rows])
+                    fakes[rows] = self.postprocess[name](fakes[rows], originals, masks)
             with timer.stage("composite"):
                 for face, fake in zip(aligned, fakes):
                     # The face occupies about half the crop, so this is cfg.feather of the face size.
@@ -168,7 +196,40 @@ class Anonymizer:
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
-        return {tr.track_id for tr in tracks}
+        return {face.track_id for face in aligned}
+
+    def _identities_for(
+        self, aligned: list[AlignedFace], t: float
+    ) -> tuple[list[AlignedFace], np.ndarray, list[str]]:
+        """The faces that may be generated this frame, their latents (B, latent_dim) and the
+        post-processing of each.
+
+        Without a guard every track uses its own latent. With one, a new track gets the guard's
+        choice; a track it refused is left out (so it is blurred) until a retry finds a safe one.
+        """
+        if self.guard is None:
+            codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
+            return aligned, codes, ["full"] * len(aligned)
+        known = {tr.track_id for tr in self.tracker.tracks}
+        for stale in [tid for tid in self._identities if tid not in known]:
+            self._identities.pop(stale)
+            self._retry_at.pop(stale, None)
+        kept, latents, ways = [], [], []
+        for face in aligned:
+            choice = self._identities.get(face.track_id)
+            if choice is None or (not choice.safe and t >= self._retry_at.get(face.track_id, t)):
+                choice = self.guard.choose(face, self.config.generate.seed)
+                self._identities[face.track_id] = choice
+                if not choice.safe:
+                    self._retry_at[face.track_id] = t + GUARD_RETRY_SECONDS
+                    log.info("track %d: no candidate identity is unlike the original (best distance %.3f); "
+                             "blurring it", face.track_id, choice.distance)  # fmt: skip
+            if choice.safe:
+                kept.append(face)
+                latents.append(choice.latent)
+                ways.append(choice.postprocess)
+        dim = self.generator.config.latent_dim
+        return kept, np.stack(latents) if latents else np.zeros((0, dim), np.float32), ways
 
 
 @dataclass

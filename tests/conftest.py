@@ -22,3 +22,21 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+def prepare_faces(tmp_path_factory, size: int, count: int = 24) -> Path:
+    """A tiny prepared face data set from ``count`` real UTKFace crops (``train prepare`` end to end)."""
+    from click.testing import CliRunner
+
+    from streamanon.train.cli import prepare_command
+
+    source = shared_path("faces/utkface")
+    out = tmp_path_factory.mktemp("faces") / f"data{size}"
+    result = CliRunner().invoke(
+        prepare_command,
+        [str(source), "--out", str(out), "--size", str(size), "--limit", str(count), "--workers", "1", "-q"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "prepared" in result.output
+    return out

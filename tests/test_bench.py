@@ -31,8 +31,8 @@ from streamanon.config import EncodeConfig
 from streamanon.timing import NULL_TIMER, StageTimer
 
 BLUR_STAGES = {"decode", "detect", "track", "copy", "hide", "encode"}
-GENERATE_STAGES = {"decode", "detect", "track", "landmarks", "align", "generate", "photometric", "composite", "copy",
-                   "encode"}
+GENERATE_STAGES = {"decode", "detect", "track", "landmarks", "align", "guard", "generate", "photometric", "composite",
+                   "copy", "encode"}
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_bad_command_lines_are_one_line(capsys, tmp_path):
 def test_without_trained_weights_the_model_unavailable_message(capsys, no_registry_weights, tmp_path):
     pytest.importorskip("torch")
     code, _, err = run_cli(capsys, "export", "--engine-dir", tmp_path / "engines")
-    assert_one_line_error(code, err, "not shipped yet", "streamanon train run", "--weights")
+    assert_one_line_error(code, err, "reinstall", "streamanon train appearance", "--weights")
     code, _, err = run_cli(capsys, "export", "--weights", tmp_path / "missing.pt")
     assert_one_line_error(code, err, "not found", "missing.pt")
     assert not (tmp_path / "engines").exists()

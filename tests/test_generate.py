@@ -260,7 +260,7 @@ def test_missing_weights_raise_model_unavailable_with_how_to(monkeypatch, tmp_pa
     with pytest.raises(ModelUnavailable) as info:
         load_generator(None)
     message = str(info.value)
-    assert "not shipped yet" in message and "--weights" in message and "\n" not in message
+    assert "reinstall" in message and "--weights" in message and "\n" not in message
     with pytest.raises(ModelUnavailable):
         load_generator(tmp_path / "missing.pt")
 

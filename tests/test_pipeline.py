@@ -174,10 +174,10 @@ def test_generate_with_missing_weights_fails_clearly(tmp_path):
         Anonymizer(config)
 
 
-@pytest.mark.skipif(
-    (Path(__file__).parents[1] / "streamanon" / "weights" / "generator_128.pt").exists(),
-    reason="trained generator weights are shipped",
-)
-def test_generate_without_shipped_weights_refuses_instead_of_faking():
+def test_generate_without_any_weights_refuses_instead_of_faking(monkeypatch, tmp_path):
+    from streamanon import models
+
+    monkeypatch.setattr(models, "PACKAGE_WEIGHTS", tmp_path / "none")
+    monkeypatch.setenv("STREAMANON_MODELS", str(tmp_path / "empty"))
     with pytest.raises(ModelUnavailable, match="generator"):
         Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))

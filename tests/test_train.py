@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
-from conftest import shared_path  # noqa: E402
+from conftest import prepare_faces  # noqa: E402
 
 from streamanon.errors import UserError  # noqa: E402
 from streamanon.generate.model import Generator, GeneratorConfig  # noqa: E402
@@ -43,28 +43,14 @@ SMOKE = {
 }
 
 
-def _prepare(tmp_path_factory, size: int):
-    """A tiny prepared data set from 24 real UTKFace crops (the prepare command end to end)."""
-    source = shared_path("faces/utkface")
-    out = tmp_path_factory.mktemp("faces") / f"data{size}"
-    result = CliRunner().invoke(
-        prepare_command,
-        [str(source), "--out", str(out), "--size", str(size), "--limit", str(N_FACES), "--workers", "1", "-q"],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    assert "prepared" in result.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return _prepare(tmp_path_factory, SIZE)
+    return prepare_faces(tmp_path_factory, SIZE, N_FACES)
 
 
 @pytest.fixture(scope="module")
 def data_128(tmp_path_factory):
-    return _prepare(tmp_path_factory, 128)
+    return prepare_faces(tmp_path_factory, 128, N_FACES)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def _counts(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Generator weights file.")
 @click.option("--untrained-generator", is_flag=True,
-              help="Without trained weights, time a freshly initialised generator (rows labelled as such).")
+              help="Time a freshly initialised U-Net generator instead of the shipped weights (rows labelled as such).")
 @click.option("--generator-backend", type=click.Choice(("auto", "eager", "compile", "tensorrt")), default="auto",
               show_default=True)
 @click.option("--no-deface", is_flag=True, help="Skip the end-to-end comparison with deface.")

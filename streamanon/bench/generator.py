@@ -1,7 +1,8 @@
 """Which generator the benchmark times: trained weights, an untrained stand-in, or none.
 
-Trained weights are not shipped yet. Timing the architecture is still useful (its cost does
-not depend on the weight values), but only when asked for: ``untrained=True`` saves freshly
+The package ships trained weights (the appearance generator); the conditional U-Net has none
+yet. Timing an architecture without trained weights is still useful (its cost does not depend
+on the weight values), but only when asked for: ``untrained=True`` saves freshly
 initialised weights to a temporary checkpoint and loads it through the normal
 ``load_generator`` path, and every number it produces carries :data:`UNTRAINED_LABEL`.
 """
@@ -37,7 +38,8 @@ class GeneratorChoice:
 def choose_generator(
     weights: str | None, untrained: bool, device: str, backend: str, workdir: Path, seed: int = 0
 ) -> GeneratorChoice:
-    """Load trained weights if they exist; else an untrained stand-in if ``untrained``; else none.
+    """An untrained U-Net stand-in if ``untrained`` (and no explicit ``weights``); else trained
+    weights if they exist; else none.
 
     ``workdir`` (a temporary folder that outlives the run) holds the stand-in's checkpoint and
     any engine compiled from it, so that random weights never reach the shared engine cache.
@@ -47,14 +49,15 @@ def choose_generator(
     except ImportError as exc:
         return GeneratorChoice("unavailable", f"unavailable: {exc.name or 'torch'} not installed", detail=str(exc))
 
+    if untrained and weights is None:
+        # Asked for by name: the U-Net architecture, whose trained weights do not exist yet.
+        return _untrained(device, backend, seed, workdir)
     try:
         path = resolve_weights(weights)
     except ModelUnavailable as exc:
         if weights is not None:
             raise  # an explicit --weights that is missing is an error, never a silent stand-in
-        if not untrained:
-            return GeneratorChoice("unavailable", UNAVAILABLE_NO_WEIGHTS, detail=str(exc))
-        return _untrained(device, backend, seed, workdir)
+        return GeneratorChoice("unavailable", UNAVAILABLE_NO_WEIGHTS, detail=str(exc))
     runtime = load_generator(path, device=device, backend=backend, seed=seed)
     return GeneratorChoice("trained", "", runtime, weights=str(path))
 

@@ -82,14 +82,17 @@ def masked_input(crop: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(hard, torch.zeros((), dtype=crop.dtype, device=crop.device), crop)
 
 
-def track_latent(track_id: int, seed: int, dim: int) -> np.ndarray:
+def track_latent(track_id: int, seed: int, dim: int, attempt: int = 0) -> np.ndarray:
     """The latent code of one track: standard normal (dim,) float32, fixed per (seed, track_id).
 
     The same track keeps its fake identity across frames and runs; different tracks (or seeds)
-    draw independent codes.
+    draw independent codes. ``attempt`` > 0 gives the track's further candidates, independent of
+    the first (the identity guard picks among them).
     """
     # SeedSequence wants non-negative entropy; fold negative ids into the unsigned 64-bit range.
     entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(track_id) & 0xFFFFFFFFFFFFFFFF]
+    if attempt:
+        entropy.append(int(attempt) & 0xFFFFFFFFFFFFFFFF)
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
     return rng.standard_normal(dim).astype(np.float32)
 

@@ -38,9 +38,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ENGINE_FORMAT = 1  # bump when the engine build recipe changes: old files are then ignored
 
 _MISSING_WEIGHTS = (
-    "generator weights ({name}) not found: trained weights are not shipped yet. Train them with "
-    "'streamanon train prepare' and 'streamanon train run', then pass the result with "
-    "--weights PATH (or set generate.weights, or put {name} in $STREAMANON_MODELS)"
+    "generator weights ({name}) not found: the package ships them in streamanon/weights, so this "
+    "installation is incomplete; reinstall streamanon, or pass weights with --weights PATH (or set "
+    "generate.weights, or put {name} in $STREAMANON_MODELS); 'streamanon train appearance' or "
+    "'streamanon train run' makes new ones"
 )
 
 
@@ -200,10 +201,16 @@ class GeneratorRuntime:
 
     # ----------------------------------------------------------------- numpy level
     @torch.inference_mode()
-    def __call__(self, aligned: Sequence[AlignedFace], track_ids: Sequence[int] | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        aligned: Sequence[AlignedFace],
+        track_ids: Sequence[int] | None = None,
+        latents: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Fake faces for aligned crops -> (B, S, S, 3) uint8 RGB.
 
-        ``track_ids`` default to each face's own ``track_id``.
+        Each face's latent is ``latents[i]`` when given (B, latent_dim), else the track latent
+        of ``track_ids[i]``; ``track_ids`` default to each face's own ``track_id``.
         """
         size = self.resolution
         if len(aligned) == 0:
@@ -212,6 +219,8 @@ class GeneratorRuntime:
             track_ids = [face.track_id for face in aligned]
         if len(track_ids) != len(aligned):
             raise ValueError(f"{len(aligned)} faces but {len(track_ids)} track ids")
+        if latents is not None and np.shape(latents) != (len(aligned), self.config.latent_dim):
+            raise ValueError(f"latents must be ({len(aligned)}, {self.config.latent_dim}), got {np.shape(latents)}")
         for face in aligned:
             if face.image.shape != (size, size, 3) or face.mask.shape != (size, size):
                 raise UserError(
@@ -223,7 +232,8 @@ class GeneratorRuntime:
         crop = images.permute(0, 3, 1, 2).to(torch.float32).div_(127.5).sub_(1.0)
         mask = torch.from_numpy(np.stack([face.mask for face in aligned]).astype(np.float32, copy=False))
         landmarks = torch.from_numpy(np.stack([face.landmarks for face in aligned]).astype(np.float32, copy=False))
-        out = self.generate(crop, mask[:, None], landmarks, self.latents(track_ids))
+        codes = self.latents(track_ids) if latents is None else torch.from_numpy(np.asarray(latents, np.float32))
+        out = self.generate(crop, mask[:, None], landmarks, codes)
         out = out.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
         return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 

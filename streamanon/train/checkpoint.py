@@ -2,8 +2,11 @@
 
 Shipped weights (``generator_128.pt``)::
 
-    {"format": "streamanon.generator", "version": 1,
-     "config": GeneratorConfig as a dict, "generator_ema": state_dict, "step": int}
+    {"format": "streamanon.generator", "version": 1, "architecture": "unet" | "appearance",
+     "config": the architecture's config as a dict, "generator_ema": state_dict, "step": int}
+
+``architecture`` names the model class (absent means ``unet``, the conditional U-Net of
+:mod:`streamanon.generate.model`; ``appearance`` is :mod:`streamanon.generate.appearance`).
 
 Training checkpoints add a ``"train"`` entry (raw generator, discriminator, landmark regressor,
 optimizers, grad scaler, training config, loss history length) so that a run can resume.
@@ -20,10 +23,13 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..generate.appearance import ARCHITECTURE as APPEARANCE
+from ..generate.appearance import AppearanceConfig, AppearanceGenerator
 from ..generate.model import Generator, GeneratorConfig
 
 FORMAT = "streamanon.generator"
 VERSION = 1
+UNET = "unet"
 
 
 def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -57,7 +63,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    config: GeneratorConfig,
+    config: GeneratorConfig | AppearanceConfig,
     generator_ema: torch.nn.Module,
     step: int,
     train_state: dict[str, Any] | None = None,
@@ -67,6 +73,7 @@ def save_checkpoint(
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
+        "architecture": APPEARANCE if isinstance(config, AppearanceConfig) else UNET,
         "config": config.to_dict(),
         "generator_ema": {k: v.detach().cpu() for k, v in generator_ema.state_dict().items()},
         "step": int(step),
@@ -93,10 +100,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def generator_from_checkpoint(payload: dict[str, Any]) -> Generator:
+def generator_from_checkpoint(payload: dict[str, Any]) -> Generator | AppearanceGenerator:
     """Build the generator of a loaded checkpoint with its EMA weights (CPU, eval mode)."""
-    config = GeneratorConfig.from_dict(payload["config"])
-    generator = Generator(config)
+    architecture = payload.get("architecture", UNET)
+    generator: Generator | AppearanceGenerator
+    if architecture == UNET:
+        generator = Generator(GeneratorConfig.from_dict(payload["config"]))
+    elif architecture == APPEARANCE:
+        generator = AppearanceGenerator(AppearanceConfig.from_dict(payload["config"]))
+    else:
+        raise UserError(f"unknown generator architecture '{architecture}' in checkpoint (this streamanon knows unet, appearance)")
     try:
         generator.load_state_dict(payload["generator_ema"])
     except RuntimeError as exc:

@@ -137,3 +137,100 @@ def run_command(
     result = train(TrainConfig.from_dict(fields))
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
     click.echo(f"trained steps {result.start_step + 1}..{result.step} ({summary}); weights -> {result.weights}")
+
+
+@click.command("appearance")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Weights file to write (.pt).")
+@click.option("--components", default=96, show_default=True, type=click.IntRange(4, 512),
+              help="Texture components (= latent dimension).")  # fmt: skip
+@click.option("--min-coverage", default=0.8, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Use faces whose mask region lies at least this much inside the source photo.")  # fmt: skip
+@click.option("--max-faces", default=None, type=click.IntRange(1), help="At most this many faces (seeded subset).")
+@click.option("--no-flip", is_flag=True, help="Do not add mirrored faces.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing weights file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def appearance_command(
+    data: Path, out: Path, components: int, min_coverage: float, max_faces: int | None, no_flip: bool, seed: int,
+    overwrite: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Fit the statistical appearance generator (CPU, minutes) on DATA and write its weights to OUT.
+
+    OUT takes --weights like any generator; a JSON summary of the fit is written beside it."""
+    from dataclasses import asdict
+
+    from .appearance import AppearanceFitOptions, fit_appearance
+    from .checkpoint import save_checkpoint
+
+    if out.exists() and not overwrite:
+        raise UserError(f"output exists: {out} (use --overwrite to replace it)")
+    options = AppearanceFitOptions(
+        components=components, min_coverage=min_coverage, flip=not no_flip, max_faces=max_faces, seed=seed
+    )
+    model, summary = fit_appearance(str(data), options, progress=not quiet and sys.stderr.isatty())
+    save_checkpoint(out, model.config, model, step=0)
+    fit = asdict(summary) | {"options": asdict(options), "data": read_counts(data)}
+    _write_json(out.with_suffix(".fit.json"), fit)
+    click.echo(
+        f"fitted {summary.components} components on {summary.faces} faces (+ mirrored) in {summary.seconds} s: "
+        f"{100 * summary.explained_variance:.1f} % of texture variance kept, landmarks explain "
+        f"{100 * summary.shape_explained:.1f} % of it -> {out}"
+    )
+
+
+@click.command("validate")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Generator weights [the shipped default].")  # fmt: skip
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data.")
+@click.option("--count", default=500, show_default=True, type=click.IntRange(1), help="Validation faces to use.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Base of the latent codes.")
+@click.option("--guard-candidates", default=16, show_default=True, type=click.IntRange(0, 1024),
+              help="Identities the identity guard may try per face (0: no guard).")  # fmt: skip
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write figures here.")
+@click.option("--grid", "grid_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Sample grid PNG (rows: masked input / generated / post-processed / original).")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def validate_command(
+    weights: Path | None, data: Path, count: int, seed: int, guard_candidates: int, json_path: Path | None,
+    grid_path: Path | None, quiet: bool,
+) -> None:  # fmt: skip
+    """Acceptance figures of a generator on held-out faces: dlib detection rate, landmark NME,
+    re-identification rate and diversity."""
+    from .validate import validate_generator
+
+    progress = not quiet and sys.stderr.isatty()
+    result = validate_generator(weights, data, count, seed, grid_path, progress, guard_candidates)
+    if json_path is not None:
+        _write_json(json_path, result)
+    for name in ("original", "raw", "unguarded", "output"):
+        row = result[name]
+        click.echo(
+            f"{name:>9}: dlib detects {100 * row['detection_rate']:.1f} %, landmark NME {row['landmark_nme_mean']:.4f}, "
+            f"re-identified {100 * row['reid_rate']:.1f} % (mean distance {row['embedding_distance_mean']:.3f})"
+        )
+    guard = result["guard"]
+    if guard["candidates"]:
+        click.echo(
+            f"    guard: {guard['mean_tried']:.1f} candidates tried per face, "
+            f"{100 * guard['strict_rate']:.1f} % shown with colour transfer only, "
+            f"{100 * guard['unsafe_rate']:.1f} % blurred (no candidate unlike enough)"
+        )
+    click.echo(
+        f"diversity: two tracks get faces {result['diversity_distance_mean']:.3f} apart "
+        f"({100 * result['diversity_same_person_rate']:.1f} % 'same person'); {result['faces']} faces"
+    )
+
+
+def read_counts(data: Path) -> dict:
+    """Face counts of a prepared data directory (for provenance in summaries)."""
+    from .dataset import read_meta
+
+    meta = read_meta(data)
+    return {"counts": meta["counts"], "sources": meta["sources"], "resolution": meta["resolution"]}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".partial.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

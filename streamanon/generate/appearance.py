@@ -1,0 +1,101 @@
+"""Statistical appearance generator: a Gaussian model of shape-free face textures, rendered onto
+the requested landmarks with a thin-plate spline (after Cootes, Edwards & Taylor's active
+appearance models).
+
+What it draws is a new face, not a stored one: the texture is the mean face plus a weighted sum
+of principal components, and the weights are
+
+    c = W s + L z
+
+where ``s`` are the target landmarks relative to the mean layout (so expression and pose shape
+the texture: an open mouth gets a dark mouth, a turned head its shading), ``W`` a ridge
+regression fitted on the training faces, and ``L z`` the identity part: ``z`` is the track's
+latent code and ``L`` the Cholesky factor of the residual covariance, so every latent gives a
+plausible face and different latents give different people. The generator never reads the
+crop's pixels inside the mask; the crop only supplies the context of the composed output.
+
+It is trained in minutes on a CPU (``streamanon train appearance``) and has the same call
+signature, checkpoint format and runtime as the conditional U-Net of :mod:`.model`, which needs
+GPU training to reach its quality; it is the shipped default until such weights exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .model import compose_output
+from .warp import control_points, warp_points
+
+ARCHITECTURE = "appearance"
+
+
+@dataclass(frozen=True)
+class AppearanceConfig:
+    """Size of an appearance model; stored in its checkpoint."""
+
+    resolution: int = 128
+    latent_dim: int = 96  # texture components; the latent drives all of them
+    temperature: float = 1.0  # scale of the identity part L z (1 = the training faces' spread)
+    latent_clip: float = 3.0  # |z| beyond this is clipped: rare extremes make implausible faces
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AppearanceConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class AppearanceGenerator(nn.Module):
+    """(crop, mask, landmarks, z) -> full crop in [-1, 1]; same contract as ``Generator``.
+
+    Buffers (all persistent, so ``state_dict`` is the whole model):
+    ``mean_landmarks`` (68, 2) crop px; ``mean_texture`` (3, S, S) and ``basis`` (K, 3, S, S) in
+    the mean layout, components scaled to one standard deviation; ``shape_weights`` (136, K) the
+    landmark regression; ``identity_factor`` (K, K) lower-triangular L.
+    """
+
+    def __init__(self, config: AppearanceConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or AppearanceConfig()
+        s, k = config.resolution, config.latent_dim
+        self.register_buffer("mean_landmarks", torch.zeros(68, 2))
+        self.register_buffer("mean_texture", torch.zeros(3, s, s))
+        # float16 halves the shipped file (the largest buffer); components are smooth, well
+        # inside its precision, and are used in float32.
+        self.register_buffer("basis", torch.zeros(k, 3, s, s, dtype=torch.float16))
+        self.register_buffer("shape_weights", torch.zeros(136, k))
+        self.register_buffer("identity_factor", torch.eye(k))
+
+    def coefficients(self, landmarks: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Texture coefficients (B, K), in standard deviations of each component."""
+        cfg = self.config
+        offsets = (landmarks.float() - self.mean_landmarks.float()).flatten(1) / cfg.resolution
+        identity = z.float().clamp(-cfg.latent_clip, cfg.latent_clip) @ self.identity_factor.float().t()
+        return offsets @ self.shape_weights.float() + cfg.temperature * identity
+
+    def texture(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Shape-free textures (B, 3, S, S) of these coefficients."""
+        basis = self.basis.float().flatten(1)  # (K, 3*S*S)
+        flat = self.mean_texture.float().flatten()[None] + coefficients @ basis
+        s = self.config.resolution
+        return flat.view(-1, 3, s, s)
+
+    def forward(
+        self,
+        crop: torch.Tensor,
+        mask: torch.Tensor,
+        landmarks: torch.Tensor,
+        z: torch.Tensor,
+        compose: bool = True,
+    ) -> torch.Tensor:
+        size = self.config.resolution
+        texture = self.texture(self.coefficients(landmarks, z))
+        mean = self.mean_landmarks.float()[None].expand(landmarks.shape[0], -1, -1)
+        raw = warp_points(texture, control_points(mean, size), control_points(landmarks, size))
+        raw = raw.to(crop.dtype)
+        return compose_output(raw, crop, mask) if compose else raw

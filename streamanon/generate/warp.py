@@ -1,0 +1,104 @@
+"""Thin-plate-spline warps between landmark layouts, as pure batched tensor functions.
+
+The appearance generator keeps faces in a shape-free frame (every face warped onto the mean
+landmark layout) and renders them back onto the requested landmarks. A thin-plate spline
+through the landmarks does both: it moves every control point exactly onto its partner and
+bends the rest of the plane as little as possible, so eyes, brows, nose and mouth land where
+the condition puts them.
+
+Points are (B, P, 2) crop pixels, pixel centres at integer coordinates (as in
+``streamanon.faces.align``). The linear solve runs in float32 whatever the caller's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..faces.align import FOREHEAD
+
+# Fixed anchors on the crop border (in crop sides): they keep the warp close to the identity far
+# from the face, so the spline cannot swing the face region's surroundings around.
+_BORDER_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def border_anchors(size: int) -> torch.Tensor:
+    """(16, 2) points evenly spaced on the border of a ``size`` px crop."""
+    edge = [(u, 0.0) for u in _BORDER_STEPS] + [(u, 1.0) for u in _BORDER_STEPS]
+    edge += [(0.0, v) for v in _BORDER_STEPS[1:-1]] + [(1.0, v) for v in _BORDER_STEPS[1:-1]]
+    return torch.tensor(edge, dtype=torch.float32) * (size - 1)
+
+
+def control_points(landmarks: torch.Tensor, size: int) -> torch.Tensor:
+    """Warp control points of (B, 68, 2) landmarks: the 68 points, 10 forehead points (the
+    aligner's face region) and 16 fixed border anchors -> (B, 94, 2) float32."""
+    points = landmarks.float()
+    up = points[:, 17:27].mean(dim=1, keepdim=True) - points[:, 8:9]  # chin -> brows, follows tilt
+    forehead = points[:, 17:27] + FOREHEAD * up
+    anchors = border_anchors(size).to(points.device).expand(points.shape[0], -1, -1)
+    return torch.cat([points, forehead, anchors], dim=1)
+
+
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, N, P) squared distances, computed directly: the matrix-product shortcut loses the
+    precision of nearby points and rounds differently for each batch position."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").square()
+
+
+def _radial(sq_dist: torch.Tensor) -> torch.Tensor:
+    """TPS kernel U(r) = r^2 log r^2, with U(0) = 0."""
+    return sq_dist * torch.log(sq_dist.clamp(min=1e-12))
+
+
+def tps_fit(ctrl: torch.Tensor, values: torch.Tensor, regularization: float = 1e-4) -> torch.Tensor:
+    """Spline coefficients (B, P + 3, 2) of the map sending ``ctrl`` (B, P, 2) to ``values``.
+
+    Coordinates are scaled to unit crop sides by the caller's choice of units; ``regularization``
+    relaxes exact interpolation a little (keeps the system well conditioned when points crowd).
+    """
+    ctrl = ctrl.float()
+    b, p, _ = ctrl.shape
+    kernel = _radial(_squared_distances(ctrl, ctrl))
+    kernel = kernel + regularization * torch.eye(p, device=ctrl.device)
+    affine = torch.cat([torch.ones(b, p, 1, device=ctrl.device), ctrl], dim=2)  # (B, P, 3)
+    top = torch.cat([kernel, affine], dim=2)
+    bottom = torch.cat([affine.transpose(1, 2), torch.zeros(b, 3, 3, device=ctrl.device)], dim=2)
+    system = torch.cat([top, bottom], dim=1)  # (B, P + 3, P + 3)
+    rhs = torch.cat([values.float(), torch.zeros(b, 3, 2, device=ctrl.device)], dim=1)
+    return torch.linalg.solve(system, rhs)
+
+
+def tps_apply(ctrl: torch.Tensor, coefficients: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Evaluate the spline of :func:`tps_fit` at ``points`` (B, N, 2) -> (B, N, 2)."""
+    p = ctrl.shape[1]
+    kernel = _radial(_squared_distances(points.float(), ctrl.float()))  # (B, N, P)
+    affine = torch.cat([torch.ones_like(points[..., :1]).float(), points.float()], dim=2)  # (B, N, 3)
+    return kernel @ coefficients[:, :p] + affine @ coefficients[:, p:]
+
+
+def pixel_grid(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(size * size, 2) pixel centres (x, y), row-major."""
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
+def warp_points(images: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
+    """Warp ``images`` (B, C, S, S) so that what lies at ``source_points`` moves to ``target_points``.
+
+    Both point sets are (B, P, 2) crop pixels (:func:`control_points`). Each output pixel looks up
+    the spline's preimage in the source (bilinear, edge pixels repeated outside); the result has
+    the input's dtype.
+    """
+    b, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"square images expected, got {h}x{w}")
+    scale = float(h - 1)
+    # Unit crop sides keep the kernel's r^2 log r^2 well scaled at every resolution.
+    target = target_points.float() / scale
+    coefficients = tps_fit(target, source_points.float() / scale)
+    grid = pixel_grid(h, images.device).div(scale).expand(b, -1, -1)
+    source = tps_apply(target, coefficients, grid)  # (B, S*S, 2) in unit sides
+    sample_at = (source * 2.0 - 1.0).view(b, h, w, 2)  # align_corners=True: -1 and 1 are pixel centres
+    out = F.grid_sample(images.float(), sample_at, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(images.dtype)

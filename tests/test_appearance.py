@@ -1,0 +1,279 @@
+"""Appearance generator: thin-plate warps, the model's contract, fitting on real faces, the
+identity guard and the validation command (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from conftest import prepare_faces  # noqa: E402
+from test_generate import _face_landmarks  # noqa: E402
+
+from streamanon.config import PhotometricConfig  # noqa: E402
+from streamanon.errors import UserError  # noqa: E402
+from streamanon.faces.align import face_mask  # noqa: E402
+from streamanon.generate.appearance import AppearanceConfig, AppearanceGenerator  # noqa: E402
+from streamanon.generate.guard import IdentityGuard, postprocessings  # noqa: E402
+from streamanon.generate.runtime import load_generator  # noqa: E402
+from streamanon.generate.warp import control_points, warp_points  # noqa: E402
+from streamanon.photometric import reference  # noqa: E402
+from streamanon.train.appearance import AppearanceFitOptions, fit_appearance  # noqa: E402
+from streamanon.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from streamanon.train.cli import appearance_command, validate_command  # noqa: E402
+from streamanon.train.dataset import FaceShardDataset  # noqa: E402
+from streamanon.types import AlignedFace  # noqa: E402
+
+SIZE = 64
+
+# ------------------------------------------------------------------ warp
+
+
+def test_warp_moves_what_lies_at_each_landmark_onto_its_target():
+    source = torch.from_numpy(_face_landmarks(SIZE, 1, seed=0))
+    target = source.clone()
+    target[:, 48:68, 1] += 3.0  # mouth down
+    target[:, 30, 0] += 2.0  # nose tip right
+    image = torch.zeros(1, 1, SIZE, SIZE)
+    planted = (30, 48, 54, 36)
+    for i in planted:
+        x, y = source[0, i].round().long()
+        image[0, 0, y, x] = 1.0
+    out = warp_points(image, control_points(source, SIZE), control_points(target, SIZE))[0, 0]
+    for i in planted:
+        x, y = target[0, i]
+        window = out[int(y) - 3 : int(y) + 4, int(x) - 3 : int(x) + 4]
+        dy, dx = np.unravel_index(int(window.argmax()), window.shape)
+        # The planted pixel's mass is now centred within a pixel of the target point.
+        assert abs(int(x) - 3 + dx - float(x)) <= 1.0 and abs(int(y) - 3 + dy - float(y)) <= 1.0, i
+        assert window.max() > 0.2
+
+
+def test_warp_between_equal_layouts_is_the_identity():
+    points = control_points(torch.from_numpy(_face_landmarks(SIZE, 2, seed=1)), SIZE)
+    image = torch.rand(2, 3, SIZE, SIZE)
+    out = warp_points(image, points, points)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    assert (out - image).abs().max() < 1e-3
+
+
+# ------------------------------------------------------------------ the model's contract
+
+
+def _planted_model(seed: int = 0) -> AppearanceGenerator:
+    """A small model with random (not fitted) statistics: enough for the calling contract."""
+    config = AppearanceConfig(resolution=SIZE, latent_dim=6)
+    model = AppearanceGenerator(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.mean_landmarks.copy_(torch.from_numpy(_face_landmarks(SIZE, 1, seed=9)[0]))
+        model.mean_texture.copy_(torch.rand(3, SIZE, SIZE, generator=g) * 2 - 1)
+        model.basis.copy_((torch.randn(6, 3, SIZE, SIZE, generator=g) * 0.2).half())
+        model.shape_weights.copy_(torch.randn(136, 6, generator=g))
+    return model.eval()
+
+
+def _inputs(batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    crop = torch.rand(batch, 3, SIZE, SIZE, generator=g) * 2 - 1
+    landmarks = torch.from_numpy(_face_landmarks(SIZE, batch, seed))
+    mask = torch.from_numpy(np.stack([face_mask(lm, SIZE) for lm in landmarks.numpy()]))[:, None]
+    z = torch.randn(batch, 6, generator=g)
+    return crop, mask, landmarks, z
+
+
+def test_output_keeps_context_and_ignores_the_original_face():
+    model = _planted_model()
+    crop, mask, landmarks, z = _inputs()
+    out = model(crop, mask, landmarks, z)
+    assert out.shape == crop.shape and torch.isfinite(out).all()
+    outside = mask.expand_as(crop) == 0
+    assert torch.equal(out[outside], crop[outside])
+    changed = torch.where(mask > 0, torch.rand_like(crop), crop)
+    assert torch.equal(model(changed, mask, landmarks, z), out)
+
+
+def test_latent_picks_the_identity_and_landmarks_move_the_face():
+    model = _planted_model()
+    crop, mask, landmarks, z = _inputs(batch=1)
+    inside = mask.expand_as(crop) > 0
+    base = model(crop, mask, landmarks, z)
+    assert torch.equal(model(crop, mask, landmarks, z), base)  # deterministic
+    other = model(crop, mask, landmarks, -z)
+    assert (other - base)[inside].abs().mean() > 0.01
+    moved = landmarks.clone()
+    moved[:, 48:68, 1] += 2.0
+    assert (model(crop, mask, moved, z) - base)[inside].abs().mean() > 0.001
+
+
+def test_checkpoint_round_trip_through_the_runtime(tmp_path):
+    model = _planted_model()
+    path = save_checkpoint(tmp_path / "appearance.pt", model.config, model, step=0)
+    payload = load_checkpoint(path)
+    assert payload["architecture"] == "appearance"
+    assert payload["generator_ema"]["basis"].dtype == torch.float16  # halves the shipped file
+    runtime = load_generator(path, backend="eager", seed=3)
+    crop, mask, landmarks, _ = _inputs(batch=1)
+    image = ((crop[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    face = AlignedFace(7, image, np.eye(2, 3), landmarks[0].numpy(), mask[0, 0].numpy())
+    out = runtime([face])
+    code = runtime.latents([7])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1, mask, landmarks, code)
+    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().byte()[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(out[0], expected)
+    # Explicit latents override the track's own.
+    assert np.array_equal(runtime([face], latents=code.numpy()), out)
+    assert not np.array_equal(runtime([face], latents=-code.numpy()), out)
+    with pytest.raises(ValueError, match="latents"):
+        runtime([face], latents=np.zeros((1, 5), np.float32))
+    payload["architecture"] = "diffusion"
+    torch.save(payload, tmp_path / "odd.pt")
+    with pytest.raises(UserError, match="architecture 'diffusion'"):
+        load_generator(tmp_path / "odd.pt")
+
+
+# ------------------------------------------------------------------ fitting on real faces
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepare_faces(tmp_path_factory, SIZE, 24)
+
+
+@pytest.fixture(scope="module")
+def fitted(data_dir, tmp_path_factory):
+    """The fit command end to end at smoke size: weights file + summary."""
+    out = tmp_path_factory.mktemp("fit") / "appearance_64.pt"
+    args = ["--data", str(data_dir), "--out", str(out), "--components", "6", "--min-coverage", "0", "-q"]
+    result = CliRunner().invoke(appearance_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "fitted 6 components" in result.output
+    return out
+
+
+def test_fit_summary_and_refusal_to_overwrite(fitted, data_dir):
+    fit = json.loads(fitted.with_suffix(".fit.json").read_text())
+    assert fit["components"] == 6 and fit["samples"] == 2 * fit["faces"]  # mirrored copies
+    assert 0.0 < fit["explained_variance"] <= 1.0 and 0.0 <= fit["shape_explained"] <= 1.0
+    again = CliRunner().invoke(appearance_command, ["--data", str(data_dir), "--out", str(fitted), "-q"])
+    assert again.exit_code != 0 and "exists" in str(again.exception)
+
+
+def test_fitted_components_explain_real_faces_better_than_the_mean(fitted, data_dir):
+    model = load_generator(fitted, backend="eager").module
+    data = FaceShardDataset(data_dir, "train")
+    image, landmarks = data.raw(0)
+    texture = warp_points(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1,
+        control_points(torch.from_numpy(landmarks)[None], SIZE),
+        control_points(model.mean_landmarks[None], SIZE),
+    )[0]
+    region = model.basis.float().abs().sum(dim=(0, 1)) > 0  # where the components live
+    residual = (texture - model.mean_texture)[:, region].flatten()
+    basis = model.basis.float()[:, :, region].flatten(1)  # (K, D), one standard deviation each
+    coefficients = torch.linalg.lstsq(basis.t(), residual[:, None]).solution[:, 0]
+    projected = residual - coefficients @ basis
+    assert projected.square().mean() < 0.8 * residual.square().mean()
+    # Components are orthogonal directions (PCA), scaled by decreasing standard deviations.
+    norms = basis.norm(dim=1)
+    gram = (basis / norms[:, None]) @ (basis / norms[:, None]).t()
+    assert torch.allclose(gram, torch.eye(len(norms)), atol=2e-2)
+    assert torch.all(norms[:-1] >= norms[1:] * 0.999)
+
+
+def test_fitted_model_gives_each_track_its_own_face_on_real_crops(fitted, data_dir):
+    runtime = load_generator(fitted, backend="eager")
+    data = FaceShardDataset(data_dir, "val")
+    image, landmarks = data.raw(0)
+    mask = face_mask(landmarks, SIZE)
+    faces = [AlignedFace(t, image, np.eye(2, 3), landmarks, mask) for t in (1, 1, 2)]
+    out = runtime(faces)
+    inside = mask > 0
+    # Same track, same input: the same face (batch position may round one level differently).
+    assert np.abs(out[0].astype(int) - out[1]).max() <= 1
+    assert np.abs(out[0][inside].astype(int) - out[2][inside].astype(int)).mean() > 2
+    assert np.array_equal(out[0][~inside], image[~inside])
+    # A face, not noise: the generated region is smooth at the scale of a few pixels.
+    assert np.abs(np.diff(out[0].astype(int), axis=1))[inside[:, 1:]].mean() < 12
+
+
+# ------------------------------------------------------------------ identity guard
+
+
+@pytest.fixture(scope="module")
+def guard_parts(fitted, data_dir):
+    runtime = load_generator(fitted, backend="eager")
+    image, landmarks = FaceShardDataset(data_dir, "val").raw(0)
+    face = AlignedFace(5, image, np.eye(2, 3), landmarks, face_mask(landmarks, SIZE))
+    return runtime, face, postprocessings(reference, PhotometricConfig())
+
+
+def test_guard_keeps_the_farthest_candidate_and_refuses_when_none_is_far_enough(guard_parts):
+    runtime, face, ways = guard_parts
+    assert list(ways) == ["full", "strict"]
+    guard = IdentityGuard(runtime, ways, candidates=3, threshold=1.99)  # nothing is that far
+    choice = guard.choose(face, seed=0)
+    assert not choice.safe and choice.tried == 6  # every candidate, with both post-processings
+    # The reported distance is that of the chosen candidate, re-rendered here, and the largest.
+    reference_embedding = guard.embedder.embed(face.image, face.landmarks)
+    distances = {}
+    for name, show in ways.items():
+        for attempt in range(3):
+            code = np.stack([guard_latent(runtime, face, attempt)])
+            image = show(runtime([face], latents=code), face.image[None], face.mask[None])[0]
+            distances[name, attempt] = float(np.linalg.norm(guard.embedder.embed(image, face.landmarks) - reference_embedding))
+    assert choice.distance == pytest.approx(max(distances.values()), abs=1e-5)
+    assert distances[choice.postprocess, choice.attempt] == pytest.approx(choice.distance, abs=1e-5)
+
+
+def test_guard_stops_at_the_first_safe_batch(guard_parts):
+    runtime, face, ways = guard_parts
+    choice = IdentityGuard(runtime, ways, candidates=16, threshold=0.01).choose(face, seed=0)
+    assert choice.safe and choice.postprocess == "full" and choice.tried == 4  # one batch
+    assert choice.distance >= 0.06
+    with pytest.raises(ValueError):
+        IdentityGuard(runtime, ways, candidates=0)
+
+
+def guard_latent(runtime, face: AlignedFace, attempt: int) -> np.ndarray:
+    from streamanon.generate.condition import track_latent
+
+    return track_latent(face.track_id, 0, runtime.config.latent_dim, attempt=attempt)
+
+
+def test_track_latent_attempts_are_distinct_and_attempt_zero_is_the_plain_track_code():
+    from streamanon.generate.condition import track_latent
+
+    base = track_latent(4, 0, 16)
+    assert np.array_equal(track_latent(4, 0, 16, attempt=0), base)
+    others = [track_latent(4, 0, 16, attempt=a) for a in (1, 2)]
+    assert not np.allclose(others[0], base) and not np.allclose(others[0], others[1])
+    assert np.array_equal(track_latent(4, 0, 16, attempt=2), others[1])
+
+
+# ------------------------------------------------------------------ validation command
+
+
+def test_validate_writes_figures_and_a_sample_grid(fitted, data_dir, tmp_path):
+    json_path, grid_path = tmp_path / "val.json", tmp_path / "grid.png"
+    args = ["--weights", str(fitted), "--data", str(data_dir), "--count", "1", "--guard-candidates", "2"]
+    result = CliRunner().invoke(validate_command, args + ["--json", str(json_path), "--grid", str(grid_path), "-q"],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "re-identified" in result.output and "guard:" in result.output
+    figures = json.loads(json_path.read_text())
+    assert figures["faces"] == 1 and figures["guard"]["candidates"] == 2
+    for row in ("original", "raw", "unguarded", "output"):
+        assert 0.0 <= figures[row]["reid_rate"] <= 1.0 and 0.0 <= figures[row]["detection_rate"] <= 1.0
+        assert figures[row]["landmark_nme_mean"] >= 0.0
+    assert figures["original"]["embedding_distance_mean"] < 0.2  # the original against itself
+    assert figures["raw"]["embedding_distance_mean"] > figures["original"]["embedding_distance_mean"]
+    from streamanon.io.images import read_image
+
+    grid = read_image(grid_path)
+    assert grid.shape[0] == 5 * (SIZE + 2) + 2  # five rows: masked / raw / post / output / original
