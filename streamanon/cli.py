@@ -57,6 +57,11 @@ def pipeline_options(command):
         click.option("--no-color-transfer", is_flag=True, default=False, help="Skip YCbCr colour transfer."),
         click.option("--weights", type=click.Path(dir_okay=False), help="Generator weights file."),
         click.option("--seed", type=int, help="Seed of the per-track fake identities [0]."),
+        click.option(
+            "--guard-candidates",
+            type=click.IntRange(0, 1024),
+            help="Fake identities the identity guard may try per new face; 0 = no guard [16].",
+        ),
         click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
         click.option("--codec", type=str, help="Output video codec [libx264]."),
         click.option("--crf", type=click.IntRange(0, 63), help="Output quality, lower is better [18]."),
@@ -77,6 +82,7 @@ def config_from_options(opts: dict):
         "replace.margin": opts.get("margin"),
         "generate.weights": opts.get("weights"),
         "generate.seed": opts.get("seed"),
+        "generate.guard_candidates": opts.get("guard_candidates"),
         "device": opts.get("device"),
         "encode.codec": opts.get("codec"),
         "encode.crf": opts.get("crf"),
@@ -152,6 +158,7 @@ def _register_optional_commands() -> None:
         (train_group, "run", "streamanon.train.cli", "run_command"),
         (train_group, "appearance", "streamanon.train.cli", "appearance_command"),
         (train_group, "validate", "streamanon.train.cli", "validate_command"),
+        (train_group, "card", "streamanon.train.cli", "card_command"),
         (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),
     ):
         try:

@@ -93,10 +93,15 @@ class GenerateConfig:
     # distance to the original below which a candidate counts as re-identified. 0 switches it off.
     guard_candidates: int = 16
     guard_distance: float = 0.6
+    # Seconds between the guard's checks of a shown identity against the current view (a face that
+    # turns or changes expression can come closer to its original); 0 = every frame.
+    guard_check_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         if self.guard_candidates < 0:
             raise UserError(f"generate.guard_candidates must be >= 0, got {self.guard_candidates}")
+        if self.guard_check_seconds < 0:
+            raise UserError(f"generate.guard_check_seconds must be >= 0, got {self.guard_check_seconds}")
         if not 0.0 < self.guard_distance < 2.0:
             raise UserError(f"generate.guard_distance must be in (0, 2), got {self.guard_distance}")
 

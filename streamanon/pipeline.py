@@ -24,11 +24,10 @@ from .timing import NULL_TIMER, StageClock
 from .types import AlignedFace, Frame, FrameStats, TrackedFace
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
-    from .generate.guard import IdentityChoice, IdentityGuard
+    from .generate.guard import IdentityChoice, IdentityGuard, View
     from .generate.runtime import GeneratorRuntime
 
-# A track whose candidate identities were all too like the original stays blurred; the guard
-# tries again with a new view of the face after this many seconds.
+# A track the guard refused (blurred meanwhile) is tried again after this many seconds.
 GUARD_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
@@ -75,9 +74,9 @@ class Anonymizer:
             self.photometric = get_backend(self.config.device)
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
             self.guard = self._build_guard()
-        # Generate mode, per track: the identity guard's choice, and when to retry a refused one.
+        # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
-        self._retry_at: dict[int, float] = {}
+        self._check_at: dict[int, float] = {}
 
     @property
     def backend_name(self) -> str:
@@ -91,7 +90,7 @@ class Anonymizer:
         self.tracker.reset()
         self._frame_index = 0
         self._identities.clear()
-        self._retry_at.clear()
+        self._check_at.clear()
 
     def _build_guard(self) -> IdentityGuard | None:
         settings = self.config.generate
@@ -177,7 +176,7 @@ class Anonymizer:
                 with timer.stage("align"):
                     aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
             with timer.stage("guard"):
-                aligned, latents, ways = self._identities_for(aligned, t)
+                aligned, latents, ways = self._identities_for(image, aligned, t)
             if not aligned:
                 return set()
             with timer.stage("generate"):
@@ -190,22 +189,50 @@ class Anonymizer:
                     fakes[rows] = self.postprocess[name](fakes[rows], originals, masks)
             with timer.stage("composite"):
                 for face, fake in zip(aligned, fakes):
-                    # The face occupies about half the crop, so this is cfg.feather of the face size.
-                    alpha = feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
-                    paste_aligned(out, fake, face.matrix, alpha)
+                    paste_aligned(out, fake, face.matrix, self._alpha(face))
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
         return {face.track_id for face in aligned}
 
+    def _alpha(self, face: AlignedFace) -> np.ndarray:
+        """Paste-back alpha of a crop; the face spans about half the crop, so the soft edge is
+        ``replace.feather`` of the face size."""
+        return feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
+
+    def _frame_view(self, image: np.ndarray, face: AlignedFace) -> View:
+        """The guard's view of a face: a region of the frame around it, where a candidate is
+        pasted exactly as the composite stage will paste it."""
+        from .faces.align import points_to_frame
+        from .generate.guard import View
+
+        points = points_to_frame(face.landmarks, face.matrix)
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        pad = 0.6 * float((hi - lo).max())  # dlib's face chip reaches past the landmarks
+        height, width = image.shape[:2]
+        x0, y0 = (max(0, int(np.floor(v - pad))) for v in lo)
+        x1, y1 = min(width, int(np.ceil(hi[0] + pad))), min(height, int(np.ceil(hi[1] + pad)))
+        region = image[y0:y1, x0:x1]
+        matrix = np.asarray(face.matrix, np.float64).copy()
+        matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region -> crop
+        alpha = self._alpha(face)
+
+        def paste(shown: np.ndarray) -> np.ndarray:
+            composed = region.copy()
+            paste_aligned(composed, shown, matrix, alpha)
+            return composed
+
+        return View(region, (points - [x0, y0]).astype(np.float32), paste)
+
     def _identities_for(
-        self, aligned: list[AlignedFace], t: float
+        self, image: np.ndarray, aligned: list[AlignedFace], t: float
     ) -> tuple[list[AlignedFace], np.ndarray, list[str]]:
         """The faces that may be generated this frame, their latents (B, latent_dim) and the
         post-processing of each.
 
         Without a guard every track uses its own latent. With one, a new track gets the guard's
-        choice; a track it refused is left out (so it is blurred) until a retry finds a safe one.
+        choice, which is checked again every ``generate.guard_check_seconds`` and replaced when it
+        fails; a track it refused is left out (so it is blurred) until a retry finds a safe one.
         """
         if self.guard is None:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
@@ -213,17 +240,21 @@ class Anonymizer:
         known = {tr.track_id for tr in self.tracker.tracks}
         for stale in [tid for tid in self._identities if tid not in known]:
             self._identities.pop(stale)
-            self._retry_at.pop(stale, None)
+            self._check_at.pop(stale, None)
         kept, latents, ways = [], [], []
         for face in aligned:
-            choice = self._identities.get(face.track_id)
-            if choice is None or (not choice.safe and t >= self._retry_at.get(face.track_id, t)):
-                choice = self.guard.choose(face, self.config.generate.seed)
-                self._identities[face.track_id] = choice
-                if not choice.safe:
-                    self._retry_at[face.track_id] = t + GUARD_RETRY_SECONDS
-                    log.info("track %d: no candidate identity is unlike the original (best distance %.3f); "
-                             "blurring it", face.track_id, choice.distance)  # fmt: skip
+            tid = face.track_id
+            choice = self._identities.get(tid)
+            if choice is None or t >= self._check_at[tid]:
+                view = self._frame_view(image, face)
+                if choice is None or not choice.safe or not self.guard.still_unlike(face, choice, view):
+                    choice = self.guard.choose(face, self.config.generate.seed, view)
+                    if not choice.safe:
+                        log.info("track %d: no candidate identity is unlike the original (best distance %.3f); "
+                                 "blurring it", tid, choice.distance)  # fmt: skip
+                self._identities[tid] = choice
+                wait = self.config.generate.guard_check_seconds if choice.safe else GUARD_RETRY_SECONDS
+                self._check_at[tid] = t + wait
             if choice.safe:
                 kept.append(face)
                 latents.append(choice.latent)

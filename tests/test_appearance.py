@@ -24,7 +24,7 @@ from streamanon.generate.warp import control_points, warp_points  # noqa: E402
 from streamanon.photometric import reference  # noqa: E402
 from streamanon.train.appearance import AppearanceFitOptions, fit_appearance  # noqa: E402
 from streamanon.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from streamanon.train.cli import appearance_command, validate_command  # noqa: E402
+from streamanon.train.cli import appearance_command, card_command, validate_command  # noqa: E402
 from streamanon.train.dataset import FaceShardDataset  # noqa: E402
 from streamanon.types import AlignedFace  # noqa: E402
 
@@ -259,8 +259,9 @@ def test_track_latent_attempts_are_distinct_and_attempt_zero_is_the_plain_track_
 # ------------------------------------------------------------------ validation command
 
 
-def test_validate_writes_figures_and_a_sample_grid(fitted, data_dir, tmp_path):
-    json_path, grid_path = tmp_path / "val.json", tmp_path / "grid.png"
+def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, data_dir, tmp_path):
+    # Written where 'train card' looks for them: beside the weights.
+    json_path, grid_path = fitted.with_suffix(".validation.json"), fitted.with_name(fitted.stem + "_samples.png")
     args = ["--weights", str(fitted), "--data", str(data_dir), "--count", "1", "--guard-candidates", "2"]
     result = CliRunner().invoke(validate_command, args + ["--json", str(json_path), "--grid", str(grid_path), "-q"],
                                 catch_exceptions=False)  # fmt: skip
@@ -277,3 +278,19 @@ def test_validate_writes_figures_and_a_sample_grid(fitted, data_dir, tmp_path):
 
     grid = read_image(grid_path)
     assert grid.shape[0] == 5 * (SIZE + 2) + 2  # five rows: masked / raw / post / output / original
+
+    card = CliRunner().invoke(card_command, [str(fitted)], catch_exceptions=False)
+    assert card.exit_code == 0, card.output
+    text = fitted.with_suffix(".md").read_text()
+    shown = figures["output"]
+    assert f"{100 * shown['reid_rate']:.1f} %" in text and f"{shown['landmark_nme_mean']:.4f}" in text
+    assert "misses" in text or "meets" in text
+    assert "non-commercial research use only" in text and grid_path.name in text
+    assert "--components 6" in text  # how to reproduce, from the fit's own options
+
+
+def test_card_needs_the_validation_figures(tmp_path):
+    weights = tmp_path / "g.pt"
+    weights.write_bytes(b"")
+    result = CliRunner().invoke(card_command, [str(weights)])
+    assert result.exit_code != 0 and "not found" in str(result.exception)

@@ -42,7 +42,7 @@ from .condition import track_latent
 BATCH = 4
 # Stop searching once a candidate is this much farther than the threshold: room for the
 # attacker's own landmark estimate, which differs from the condition's.
-MARGIN = 0.05
+MARGIN = 0.1
 
 Postprocess = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -59,6 +59,21 @@ def postprocessings(backend: ModuleType, settings: PhotometricConfig) -> dict[st
 
 def _postprocess(backend: ModuleType, settings: PhotometricConfig, fakes, originals, masks) -> np.ndarray:
     return backend.postprocess(fakes, originals, masks, settings)
+
+
+@dataclass(frozen=True)
+class View:
+    """Where a candidate is judged: the original image an observer could compare against, the
+    face's landmarks in it, and ``paste(shown_crop) -> image`` with the candidate in place."""
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    paste: Callable[[np.ndarray], np.ndarray]
+
+
+def crop_view(face: AlignedFace) -> View:
+    """Judge on the aligned crop itself (when there is no frame, as in validation)."""
+    return View(face.image, face.landmarks, lambda shown: shown)
 
 
 @dataclass(frozen=True)
@@ -101,21 +116,20 @@ class IdentityGuard:
         self.threshold = float(threshold)
         self.embedder = embedder
 
-    def choose(self, face: AlignedFace, seed: int) -> IdentityChoice:
-        """The identity for ``face``'s track (``face.track_id``), judged on this view of it."""
-        reference = self.embedder.embed(face.image, face.landmarks)
+    def choose(self, face: AlignedFace, seed: int, view: View | None = None) -> IdentityChoice:
+        """The identity for ``face``'s track (``face.track_id``), judged in ``view`` (default:
+        the crop; the pipeline passes the frame, where the original is sharper than the crop)."""
+        view = view or crop_view(face)
+        reference = self.embedder.embed(view.image, view.landmarks)
         dim = self.generator.config.latent_dim
         codes = np.stack([track_latent(face.track_id, seed, dim, attempt=a) for a in range(self.candidates)])
         best: IdentityChoice | None = None
         tried = 0
-        for name, postprocess in self.postprocess.items():
+        for name in self.postprocess:
             for start in range(0, self.candidates, BATCH):
                 batch = codes[start : start + BATCH]
-                n = len(batch)
-                fakes = self.generator([face] * n, latents=batch)
-                shown = postprocess(fakes, np.stack([face.image] * n), np.stack([face.mask] * n))
-                distances = np.array([self._distance(image, face.landmarks, reference) for image in shown])
-                tried += n
+                distances = self._distances(face, batch, name, view, reference)
+                tried += len(batch)
                 k = int(np.argmax(distances))
                 if best is None or distances[k] > best.distance:
                     best = IdentityChoice(batch[k], start + k, float(distances[k]), 0, False, name)
@@ -126,5 +140,20 @@ class IdentityGuard:
         assert best is not None
         return replace(best, tried=tried, safe=best.distance >= self.threshold)
 
-    def _distance(self, image: np.ndarray, landmarks: np.ndarray, reference: np.ndarray) -> float:
-        return float(np.linalg.norm(self.embedder.embed(image, landmarks) - reference))
+    def still_unlike(self, face: AlignedFace, choice: IdentityChoice, view: View | None = None) -> bool:
+        """Whether ``choice`` is still unlike the original in this new view (a face that turns or
+        changes expression can come closer to it). Half the margin of :meth:`choose` is kept:
+        an observer estimates the landmarks of the shown face anew, and slightly differently."""
+        view = view or crop_view(face)
+        reference = self.embedder.embed(view.image, view.landmarks)
+        distance = self._distances(face, choice.latent[None], choice.postprocess, view, reference)[0]
+        return bool(distance >= self.threshold + MARGIN / 2)
+
+    def _distances(self, face: AlignedFace, codes: np.ndarray, postprocess: str, view: View,
+                   reference: np.ndarray) -> np.ndarray:  # fmt: skip
+        """dlib distances to ``reference`` of the faces of ``codes`` (B, D) as shown in ``view``."""
+        n = len(codes)
+        fakes = self.generator([face] * n, latents=codes)
+        shown = self.postprocess[postprocess](fakes, np.stack([face.image] * n), np.stack([face.mask] * n))
+        embeddings = np.stack([self.embedder.embed(view.paste(image), view.landmarks) for image in shown])
+        return np.linalg.norm(embeddings - reference, axis=1)

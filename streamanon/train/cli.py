@@ -234,3 +234,27 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".partial.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+@click.command("card")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--clip-eval", "clip_evals", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON of 'streamanon eval' on a generate-mode clip (repeatable): identity over time.")  # fmt: skip
+def card_command(weights: Path, clip_evals: tuple[Path, ...]) -> None:
+    """Write WEIGHTS.md, the model card of generator WEIGHTS, from WEIGHTS.fit.json and
+    WEIGHTS.validation.json beside it (and the clip evaluations given)."""
+    from ..bench.environment import cpu_model, usable_cores
+    from .card import model_card
+
+    evaluations = []
+    for path in clip_evals:
+        try:
+            evaluations.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON: {exc}") from None
+    text = model_card(weights, evaluations, f"{cpu_model()} ({usable_cores()} cores)")
+    out = weights.with_suffix(".md")
+    tmp = out.with_name(out.name + ".partial.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    click.echo(f"wrote {out}")
