@@ -10,9 +10,10 @@ Commands:
   deface (:mod:`streamanon.bench.cli`).
 * ``export``: build the generator's TensorRT engines once per machine
   (:mod:`streamanon.generate.export_cli`).
-* ``train prepare``, ``train run``: build the generator's training set and train it
-  (:mod:`streamanon.train.cli`); ``train emotion``: the emotion classifier used by ``eval``
-  (:mod:`streamanon.train.emotion`).
+* ``train prepare``, ``train run``: build the generator's training set and train the U-Net GAN;
+  ``train appearance``: fit the shipped appearance generator; ``train validate``: its acceptance
+  figures on held-out faces; ``train card``: its model card (:mod:`streamanon.train.cli`);
+  ``train emotion``: the emotion classifier used by ``eval`` (:mod:`streamanon.train.emotion`).
 
 Every failure reaches the user as one line on stderr and a non-zero exit code:
 1 for a problem with the input or environment, 2 for a bad command line, 130 for Ctrl-C.

@@ -22,7 +22,6 @@ from streamanon.generate.guard import IdentityGuard, postprocessings  # noqa: E4
 from streamanon.generate.runtime import load_generator  # noqa: E402
 from streamanon.generate.warp import control_points, warp_points  # noqa: E402
 from streamanon.photometric import reference  # noqa: E402
-from streamanon.train.appearance import AppearanceFitOptions, fit_appearance  # noqa: E402
 from streamanon.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from streamanon.train.cli import appearance_command, card_command, validate_command  # noqa: E402
 from streamanon.train.dataset import FaceShardDataset  # noqa: E402

@@ -1,8 +1,9 @@
 """generate stage: the landmark-conditioned face generator and its inference runtime.
 
-``condition`` (heatmaps, masking, per-track latents), ``model`` (generator, discriminator,
-landmark regressor) and ``runtime`` (``load_generator`` with eager / compile / TensorRT
-backends). Nothing here is imported with the package: torch loads only when a module is used.
+``condition`` (heatmaps, masking, per-track latents), ``model`` (conditional U-Net generator,
+discriminator, landmark regressor), ``appearance`` (the shipped statistical appearance generator,
+same contract) with ``warp`` (thin-plate splines), ``guard`` (the identity guard) and ``runtime``
+(``load_generator`` with eager / compile / TensorRT backends). Nothing here is imported with the package: torch loads only when a module is used.
 """
 
 from __future__ import annotations
