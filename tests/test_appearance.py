@@ -278,7 +278,12 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     grid = read_image(grid_path)
     assert grid.shape[0] == 5 * (SIZE + 2) + 2  # five rows: masked / raw / post / output / original
 
-    card = CliRunner().invoke(card_command, [str(fitted)], catch_exceptions=False)
+    clip = tmp_path / "clip_eval.json"  # the parts of a 'streamanon eval --json' document the card reads
+    clip.write_text(json.dumps({"rows": [{
+        "original": "/x/talk.mp4", "temporal": {"identity_stability": {"mean": 0.95}},
+        "metrics": {"reid": {"mean": 0.1}, "pose_nme": {"mean": 0.05}},
+    }]}))  # fmt: skip
+    card = CliRunner().invoke(card_command, [str(fitted), "--clip-eval", str(clip)], catch_exceptions=False)
     assert card.exit_code == 0, card.output
     text = fitted.with_suffix(".md").read_text()
     shown = figures["output"]
@@ -286,6 +291,7 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert "misses" in text or "meets" in text
     assert "non-commercial research use only" in text and grid_path.name in text
     assert "--components 6" in text  # how to reproduce, from the fit's own options
+    assert "| `talk.mp4` | 0.950 (meets >= 0.9) | 10.0 % | 0.0500 |" in text
 
 
 def test_card_needs_the_validation_figures(tmp_path):

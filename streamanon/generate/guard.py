@@ -1,13 +1,14 @@
 """Identity guard: pick, for each new track, a fake identity that a face recogniser does not
-match to the original, and refuse (fail closed) when none of the candidates is unlike enough.
+match to the original, check it again as the face moves, and refuse (fail closed) when none of
+the candidates is unlike enough.
 
 Keeping the landmarks, the head outline and the context means that even a *real* other person
 put in the face region is matched to the original by dlib in about one case in ten on the
 shared validation crops (random pairs of real faces: 4 %). So the generator alone cannot
 promise non-identification. The guard tries the track's candidate latents (see
 ``track_latent(..., attempt=k)``) in small batches, renders each as the pipeline will show it
-(generator + photometric post-processing), and measures the dlib ResNet distance to the
-original face. It stops at the first candidate at least ``threshold + MARGIN`` away, otherwise
+(generator + photometric post-processing + paste-back into the frame: a :class:`View`), and
+measures the dlib ResNet distance to the original face. It stops at the first candidate at least ``threshold + MARGIN`` away, otherwise
 keeps the farthest; the choice is *safe* when that is at least ``threshold`` (dlib's "same
 person" bound, 0.6) away.
 
@@ -27,7 +28,6 @@ validation also reports the unguarded rate.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from dataclasses import replace as dataclass_replace
 from functools import partial
 from types import ModuleType
 from typing import Callable
@@ -41,7 +41,7 @@ from .condition import track_latent
 # Candidates rendered per batch; most faces find a safe identity in the first batch.
 BATCH = 4
 # Stop searching once a candidate is this much farther than the threshold: room for the
-# attacker's own landmark estimate, which differs from the condition's.
+# observer's own landmark estimate, and for later frames (the pipeline re-checks with half of it).
 MARGIN = 0.1
 
 Postprocess = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -53,7 +53,7 @@ def postprocessings(backend: ModuleType, settings: PhotometricConfig) -> dict[st
     transfer only). ``backend`` is a photometric module (reference or CUDA)."""
     ways = {"full": settings}
     if settings.relight or settings.laplacian:
-        ways["strict"] = dataclass_replace(settings, relight=False, laplacian=False)
+        ways["strict"] = replace(settings, relight=False, laplacian=False)
     return {name: partial(_postprocess, backend, cfg) for name, cfg in ways.items()}
 
 

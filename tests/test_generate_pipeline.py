@@ -1,0 +1,156 @@
+"""Generate mode end to end with the shipped generator weights, on a real talking-head clip (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import shared_path  # noqa: E402
+
+from streamanon import Anonymizer, AnonymizerConfig  # noqa: E402
+from streamanon.errors import UserError  # noqa: E402
+from streamanon.faces.embed import FaceEmbedder  # noqa: E402
+from streamanon.metrics.landmarks import pose_nme  # noqa: E402
+from streamanon.types import Frame  # noqa: E402
+
+FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def frames():
+    import av
+
+    path = shared_path("videos/talking_512_katiehill.mp4")
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for _, f in zip(range(FRAMES), container.decode(video=0))]
+
+
+def _run(frames, overrides: dict) -> tuple[list[np.ndarray], list, Anonymizer]:
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", **overrides}))
+    outputs, stats = [], []
+    for i, image in enumerate(frames):
+        out, st = anonymizer.process_frame(Frame(image, i))
+        outputs.append(out)
+        stats.append(st)
+    return outputs, stats, anonymizer
+
+
+@pytest.fixture(scope="module")
+def generated(frames):
+    return _run(frames, {})
+
+
+def _face_landmarks(anonymizer: Anonymizer, image: np.ndarray) -> np.ndarray:
+    found = anonymizer.detector(image)
+    assert len(found) == 1
+    return anonymizer.landmarks.predict(image, found.boxes, found.keypoints)[0]
+
+
+def test_face_is_replaced_by_a_new_identity_with_the_same_landmarks(frames, generated):
+    outputs, stats, anonymizer = generated
+    assert [s.generated for s in stats] == [1] * FRAMES and all(s.fallback == 0 for s in stats)
+    original, output = frames[0], outputs[0]
+    before = _face_landmarks(anonymizer, original)
+    after = _face_landmarks(anonymizer, output)  # the new face is found and landmarked again
+    assert pose_nme(before, after) < 0.08
+    lo, hi = before.min(0).astype(int), before.max(0).astype(int)
+    inner = (slice(lo[1] + 10, hi[1] - 10), slice(lo[0] + 10, hi[0] - 10))
+    assert np.abs(output[inner].astype(int) - original[inner]).mean() > 8
+    # Far from the face (top-left corner) nothing changes.
+    assert np.array_equal(output[:60, :60], original[:60, :60])
+    embedder = FaceEmbedder()
+    distance = np.linalg.norm(embedder.embed(output, after) - embedder.embed(original, before))
+    assert distance >= 0.6  # the identity guard's promise, checked with the attacker's own landmarks
+
+
+def test_the_track_keeps_one_identity(generated):
+    outputs, stats, anonymizer = generated
+    assert len({tuple(s.track_ids) for s in stats}) == 1
+    embedder = FaceEmbedder()
+    vectors = [embedder.embed(out, _face_landmarks(anonymizer, out)) for out in outputs]
+    cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(vectors, vectors[1:])]
+    assert min(cosines) >= 0.9
+    (choice,) = anonymizer._identities.values()
+    assert choice.safe and choice.tried >= 1
+
+
+def test_a_face_the_guard_refuses_is_blurred_like_blur_mode(frames):
+    # No candidate can be 1.99 away in dlib's space: the guard refuses, the face must be hidden.
+    outputs, stats, _ = _run(frames[:2], {"generate.guard_distance": 1.99, "generate.guard_candidates": 2})
+    assert [s.generated for s in stats] == [0, 0] and [s.fallback for s in stats] == [1, 1]
+    blur = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "blur"}))
+    for i, image in enumerate(frames[:2]):
+        expected, _ = blur.process_frame(Frame(image, i))
+        assert np.array_equal(outputs[i], expected)
+
+
+def test_without_the_guard_every_detected_face_is_generated(frames, generated):
+    outputs, stats, anonymizer = _run(frames[:1], {"generate.guard_candidates": 0})
+    assert stats[0].generated == 1 and anonymizer.guard is None
+    assert not np.array_equal(outputs[0], frames[0])
+
+
+def test_bad_guard_settings_are_user_errors():
+    for key, value in (("generate.guard_candidates", -1), ("generate.guard_distance", 0.0)):
+        with pytest.raises(UserError, match=key.split(".")[1]):
+            AnonymizerConfig().with_overrides({key: value})
+
+
+def test_guard_candidates_option_reaches_the_config():
+    from streamanon.cli import config_from_options
+
+    assert config_from_options({"guard_candidates": 0}).generate.guard_candidates == 0
+    assert config_from_options({}).generate.guard_candidates == 16
+
+
+def test_generate_mode_file_command_on_a_photo(tmp_path):
+    from streamanon.cli import main
+    from streamanon.io.images import read_image, write_image
+
+    import av
+
+    with av.open(str(shared_path("videos/talking_512_katiehill.mp4"))) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    src, dst = tmp_path / "photo.png", tmp_path / "photo_anon.png"
+    write_image(src, frame)
+    assert main(["file", str(src), str(dst), "--mode", "generate", "-q"]) == 0
+    out = read_image(dst)
+    assert out.shape == frame.shape and not np.array_equal(out, frame)
+    assert np.array_equal(read_image(src), frame)  # the input is untouched
+    assert main(["file", str(src), str(tmp_path / "x.png"), "--mode", "generate", "--guard-candidates", "-1"]) == 2
+
+
+def _counting(anonymizer: Anonymizer, name: str, result=None) -> list:
+    """Wrap a guard method to record its calls (and optionally force its answer)."""
+    calls: list = []
+    original = getattr(anonymizer.guard, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs) if result is None else result
+
+    setattr(anonymizer.guard, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("check_seconds, checks", [(0.0, 2), (10.0, 0)])
+def test_the_guard_rechecks_a_shown_identity_when_due(frames, check_seconds, checks):
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_check_seconds": check_seconds}))  # fmt: skip
+    chosen = _counting(anonymizer, "choose")
+    checked = _counting(anonymizer, "still_unlike")
+    for i, image in enumerate(frames[:3]):
+        anonymizer.process_frame(Frame(image, i))
+    assert len(chosen) == 1 and len(checked) == checks  # frames 1 and 2 at 25 fps: 0.04 s apart
+
+
+def test_an_identity_that_fails_its_check_is_replaced(frames):
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
+    anonymizer.process_frame(Frame(frames[0], 0))
+    chosen = _counting(anonymizer, "choose")
+    _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
+    _, stats = anonymizer.process_frame(Frame(frames[1], 1))
+    assert len(chosen) == 1 and stats.generated == 1
