@@ -231,8 +231,13 @@ def read_counts(data: Path) -> dict:
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    _write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
     tmp = path.with_name(path.name + ".partial.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -254,7 +259,5 @@ def card_command(weights: Path, clip_evals: tuple[Path, ...]) -> None:
             raise UserError(f"{path} is not valid JSON: {exc}") from None
     text = model_card(weights, evaluations, f"{cpu_model()} ({usable_cores()} cores)")
     out = weights.with_suffix(".md")
-    tmp = out.with_name(out.name + ".partial.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    _write_text(out, text)
     click.echo(f"wrote {out}")

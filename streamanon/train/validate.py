@@ -28,13 +28,11 @@ import numpy as np
 
 from ..config import PhotometricConfig
 from ..faces.align import face_mask
+from ..metrics.identity import REID_THRESHOLD as REID_DISTANCE
 from ..metrics.landmarks import pose_nme
 from ..types import AlignedFace
 from .dataset import FaceShardDataset
 from .report import sample_grid
-
-REID_DISTANCE = 0.6
-
 
 @dataclass
 class FaceResult:
@@ -43,6 +41,7 @@ class FaceResult:
     detected: bool
     nme: float
     distance: float
+    embedding: np.ndarray  # (128,) dlib descriptor at the output's own landmarks
 
 
 class FaceJudge:
@@ -77,6 +76,7 @@ class FaceJudge:
             detected=len(self.hog(image)) > 0,
             nme=pose_nme(condition, predicted),
             distance=float(np.linalg.norm(embedding - reference_embedding)),
+            embedding=embedding,
         )
 
 
@@ -158,8 +158,7 @@ def validate_generator(
         for name, image in (("original", crop), ("raw", raw), ("unguarded", unguarded), ("output", output)):
             rows[name].append(judge.judge(image, landmarks, reference))
         other_embedding = judge.embedder.embed(other, judge.landmarks(other, landmarks))
-        unguarded_embedding = judge.embedder.embed(unguarded, judge.landmarks(unguarded, landmarks))
-        diversity.append(float(np.linalg.norm(other_embedding - unguarded_embedding)))
+        diversity.append(float(np.linalg.norm(other_embedding - rows["unguarded"][-1].embedding)))
         if len(grid_rows[0]) < 8:
             masked = crop.copy()
             masked[mask > 0] = 128
