@@ -67,6 +67,10 @@ class PhotometricConfig:
     bilateral_diameter: int = 31
     bilateral_sigma_color: float = 1.0  # in [0, 1] intensity units
     bilateral_sigma_space: float = 12.0
+    # The shading is filtered at 1/shading_downsample of the crop's resolution (1, 2 or 4), window
+    # and sigma_space shrunk alike: 2 makes relighting ~5x cheaper on a CPU and moves the output by
+    # 0.26 levels on average (photometric/resample.py). 1 = the full-resolution filter.
+    shading_downsample: int = 2
     pyramid_levels: int = 4
 
 

@@ -184,6 +184,8 @@ def test_postprocess_switches_match_the_reference(faces, switches):
         dict(bilateral_diameter=15, bilateral_sigma_color=0.05, bilateral_sigma_space=8.0, pyramid_levels=6),
         dict(bilateral_diameter=4, pyramid_levels=1),
         dict(pyramid_levels=2),
+        dict(shading_downsample=1),
+        dict(shading_downsample=4, bilateral_diameter=9),
     ],
 )
 def test_other_settings_match_the_reference(faces, settings):
@@ -294,6 +296,16 @@ def test_shading_albedo_matches_opencv(batch_of, params, n):
     on_device = cuda.shading_albedo(cp.asarray(images), *params)
     assert all(isinstance(a, cp.ndarray) for a in on_device)
     np.testing.assert_array_equal(cp.asnumpy(on_device[1]), shading)
+
+
+@pytest.mark.parametrize("downsample", [2, 4])
+@pytest.mark.parametrize("size", [SIZE, 75])
+def test_reduced_shading_matches_the_reference(batch_of, downsample, size):
+    """Shrink and grow are the same array code on both backends; only the filter differs."""
+    images = _random_batch(3, size, seed=downsample)[0] if size != SIZE else batch_of(3)[0]
+    _, shading = cuda.shading_albedo(images, 31, 1.0, 12.0, downsample=downsample)
+    _, shading_ref = reference.shading_albedo(images, 31, 1.0, 12.0, downsample=downsample)
+    np.testing.assert_allclose(shading, shading_ref, rtol=0, atol=2e-5)
 
 
 def test_shading_of_a_flat_face_is_the_face(faces):

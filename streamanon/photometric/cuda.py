@@ -69,8 +69,10 @@ from .reference import (
     YCBCR_OFFSET,
     YCBCR_TO_RGB,
     _check_config,
+    _check_downsample,
     _max_levels,
 )
+from .resample import reduced_shading
 
 __all__ = [*API, "rgb_to_ycbcr", "ycbcr_to_rgb"]
 
@@ -488,12 +490,14 @@ def _bilateral(gray: cp.ndarray, diameter: int, sigma_color: float, sigma_space:
     return out
 
 
-def _shading_albedo(images: cp.ndarray, diameter: int, sigma_color: float, sigma_space: float, eps: float):
+def _shading_albedo(
+    images: cp.ndarray, diameter: int, sigma_color: float, sigma_space: float, eps: float, downsample: int = 1
+):
     images = cp.ascontiguousarray(images, dtype=cp.float32)
     b, h, w, _ = images.shape
     gray = cp.empty((b, h, w), cp.float32)
     _launch("sa_gray", b * h * w, images, gray, np.int64(b * h * w))
-    shading = _bilateral(gray, diameter, sigma_color, sigma_space)
+    shading = reduced_shading(gray, int(downsample), _bilateral, diameter, sigma_color, sigma_space, cp)
     albedo = images / (shading[..., None] + np.float32(eps))
     return albedo, shading
 
@@ -504,6 +508,7 @@ def shading_albedo(
     sigma_color: float,
     sigma_space: float,
     eps: float = SHADING_EPS,
+    downsample: int = 1,
 ):
     """Split a batch of images into albedo and shading: ``S = BF(gray(I))``, ``A_c = I_c / (S + eps)``.
 
@@ -516,23 +521,25 @@ def shading_albedo(
         sigma_color: range sigma in [0, 1] intensity units.
         sigma_space: spatial sigma in pixels.
         eps: added to the shading before dividing.
+        downsample: filter at 1/``downsample`` of the resolution (1, 2 or 4), as the reference.
 
     Returns:
         ``(albedo, shading)``: float32 ``(B, H, W, 3)`` and ``(B, H, W)``, CuPy arrays for a CuPy
         ``images``, else NumPy.
     """
+    _check_downsample(downsample)
     on_device = _on_device(images)
     images = _to_unit(_check_images(_device(images), "images"))
     if images.shape[0] == 0:
         return _like(images.copy(), on_device), _like(cp.zeros(images.shape[:3], cp.float32), on_device)
-    albedo, shading = _shading_albedo(images, diameter, sigma_color, sigma_space, eps)
+    albedo, shading = _shading_albedo(images, diameter, sigma_color, sigma_space, eps, downsample)
     return _like(albedo, on_device), _like(shading, on_device)
 
 
 def _relight(anon: cp.ndarray, orig: cp.ndarray, mask: cp.ndarray, cfg: PhotometricConfig) -> cp.ndarray:
     params = (cfg.bilateral_diameter, cfg.bilateral_sigma_color, cfg.bilateral_sigma_space, SHADING_EPS)
-    albedo_anon, _ = _shading_albedo(anon, *params)
-    _, shading_orig = _shading_albedo(orig, *params)
+    albedo_anon, _ = _shading_albedo(anon, *params, cfg.shading_downsample)
+    _, shading_orig = _shading_albedo(orig, *params, cfg.shading_downsample)
     relit = cp.clip(albedo_anon * shading_orig[..., None], 0.0, 1.0)
     return _within_mask(anon, relit, mask)
 

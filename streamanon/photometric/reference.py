@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import PhotometricConfig
 from ..errors import UserError
+from .resample import SHADING_DOWNSAMPLE_FACTORS, reduced_shading
 
 # BT.601 luma: the grey image of the shading and the Y of YCbCr use the same weights.
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -103,6 +104,12 @@ def _check_config(cfg: PhotometricConfig) -> None:
         )
     if cfg.pyramid_levels < 1:
         raise UserError(f"photometric.pyramid_levels must be >= 1, got {cfg.pyramid_levels}")
+    _check_downsample(cfg.shading_downsample, "photometric.shading_downsample")
+
+
+def _check_downsample(factor: int, name: str = "downsample") -> None:
+    if factor not in SHADING_DOWNSAMPLE_FACTORS:
+        raise UserError(f"{name} must be one of {', '.join(map(str, SHADING_DOWNSAMPLE_FACTORS))}, got {factor}")
 
 
 def _run_step(step, anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: PhotometricConfig) -> np.ndarray:
@@ -130,6 +137,7 @@ def shading_albedo(
     sigma_color: float,
     sigma_space: float,
     eps: float = SHADING_EPS,
+    downsample: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split a batch of images into albedo and shading.
 
@@ -144,26 +152,35 @@ def shading_albedo(
         sigma_color: range sigma in [0, 1] intensity units.
         sigma_space: spatial sigma in pixels.
         eps: added to the shading before dividing.
+        downsample: filter a copy shrunk by this factor (1, 2 or 4; see :mod:`.resample`) with the
+            window and ``sigma_space`` shrunk alike, and grow the shading back bilinearly.
 
     Returns:
         ``(albedo, shading)``: float32 ``(B, H, W, 3)`` and float32 ``(B, H, W)``, in [0, 1] units
         (the albedo can exceed 1 where a pixel is brighter than its smoothed surroundings).
     """
+    _check_downsample(downsample)
     images = _to_unit(_check_images(images, "images"))
     gray = np.ascontiguousarray(images @ GRAY_WEIGHTS)  # (B, H, W) float32
+    shading = reduced_shading(gray, int(downsample), _bilateral, diameter, sigma_color, sigma_space, np)
+    albedo = images / (shading[..., None] + np.float32(eps))
+    return albedo, shading
+
+
+def _bilateral(gray: np.ndarray, diameter: int, sigma_color: float, sigma_space: float) -> np.ndarray:
+    """cv2.bilateralFilter of each face of a float32 ``(B, H, W)`` stack."""
     shading = np.empty_like(gray)
     # cv2.bilateralFilter is 2-D only; one call per face also keeps each face's result
     # independent of the rest of the batch (OpenCV scales its range table per image).
     for i in range(gray.shape[0]):
         shading[i] = cv2.bilateralFilter(gray[i], int(diameter), float(sigma_color), float(sigma_space))
-    albedo = images / (shading[..., None] + np.float32(eps))
-    return albedo, shading
+    return shading
 
 
 def _relight(anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: PhotometricConfig) -> np.ndarray:
-    params = (cfg.bilateral_diameter, cfg.bilateral_sigma_color, cfg.bilateral_sigma_space)
-    albedo_anon, _ = shading_albedo(anon, *params)
-    _, shading_orig = shading_albedo(orig, *params)
+    params = (cfg.bilateral_diameter, cfg.bilateral_sigma_color, cfg.bilateral_sigma_space, SHADING_EPS)
+    albedo_anon, _ = shading_albedo(anon, *params, downsample=cfg.shading_downsample)
+    _, shading_orig = shading_albedo(orig, *params, downsample=cfg.shading_downsample)
     relit = np.clip(albedo_anon * shading_orig[..., None], 0.0, 1.0)
     return _within_mask(anon, relit, mask)
 
