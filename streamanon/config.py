@@ -31,6 +31,15 @@ class DetectConfig:
     scale: float | None = None  # resize factor before detection; None = auto (long side <= 1280)
     min_size: float = 10.0  # drop boxes smaller than this (pixels, original frame)
     nms_iou: float = 0.3
+    # Full-frame detection every this many frames; in between, only regions around the faces
+    # already tracked are searched (~10 ms a face instead of ~90 ms a 640x360 frame on 2 CPU
+    # cores). Known faces stay covered every frame; a face entering the picture is found up to
+    # every - 1 frames late. 1 = full frame every frame.
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
+            raise UserError(f"detect.every must be a whole number >= 1, got {self.every!r}")
 
 
 @dataclass(frozen=True)

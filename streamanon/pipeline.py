@@ -53,6 +53,7 @@ class Anonymizer:
         )
         self.tracker = FaceTracker(self.config.track, self.config.smooth)
         self._frame_index = 0
+        self._local_passes_left = 0  # frames until the next full-frame detection
         self._generate = self.config.mode == "generate"
         if self._generate:
             # Load everything generate mode needs now, so a missing model fails before any output.
@@ -89,6 +90,7 @@ class Anonymizer:
         """Forget all tracks (call between unrelated clips)."""
         self.tracker.reset()
         self._frame_index = 0
+        self._local_passes_left = 0
         self._identities.clear()
         self._check_at.clear()
 
@@ -118,7 +120,7 @@ class Anonymizer:
         self._frame_index = frame.index + 1
 
         with timer.stage("detect"):
-            detections = self.detector(image)
+            detections = self._detect(image, t)
         with timer.stage("track"):
             tracks = self.tracker.update(detections, t)
         with timer.stage("copy"):
@@ -140,6 +142,15 @@ class Anonymizer:
                 for track in to_hide:
                     hide_face(out, track.cover_box, fallback_mode, self.config.replace)
         return out, stats
+
+    def _detect(self, image: np.ndarray, t: float):
+        """Full-frame detection every ``detect.every`` frames; in between, only around the faces
+        the tracker expects (a face it loses there coasts and stays hidden)."""
+        if self._local_passes_left > 0:
+            self._local_passes_left -= 1
+            return self.detector.detect_around(image, self.tracker.predicted_boxes(t))
+        self._local_passes_left = self.config.detect.every - 1
+        return self.detector(image)
 
     def hide_known_faces(self, image: np.ndarray) -> np.ndarray:
         """Blur every face the tracker knows of at its predicted place, without detecting.

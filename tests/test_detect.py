@@ -193,3 +193,48 @@ def test_street_video_has_several_faces(detector):
     for found in detector.detect_batch(frames):
         assert (found.scores >= detector.threshold).all()
         assert (found.boxes[:, 2:] <= [1920, 1080]).all() and (found.boxes[:, :2] >= 0).all()
+
+
+@pytest.mark.parametrize(("canvas", "face_px"), [((640, 360), 24), ((640, 360), 90), ((1280, 720), 420)])
+def test_detect_around_finds_a_known_face_at_any_size(detector, canvas, face_px):
+    frame = paste_face(canvas, face_px, (200, 30))
+    full = detector(frame)
+    assert len(full) == 1
+    box = full.boxes[0]
+    side = box[2] - box[0]
+    guess = box + np.array([0.15, -0.1, 0.15, -0.1], np.float32) * side  # a prediction a little off
+    local = detector.detect_around(frame, guess[None])
+    assert len(local) == 1
+    assert box_iou(local.boxes, full.boxes)[0, 0] > 0.7
+    inside = (local.keypoints[0] >= local.boxes[0, :2]) & (local.keypoints[0] <= local.boxes[0, 2:])
+    assert inside.all()
+
+
+def test_detect_around_looks_only_near_the_boxes(detector):
+    frame = paste_face((640, 360), 80, (40, 40))
+    frame[200:280, 500:580] = frame[40:120, 40:120]  # a second face, far from the first
+    full = detector(frame)
+    assert len(full) == 2
+    near_first = full.boxes[np.argmin(full.boxes[:, 0])]
+    local = detector.detect_around(frame, near_first[None])
+    assert len(local) == 1 and local.boxes[0, 0] < 200
+    assert len(detector.detect_around(frame, np.zeros((0, 4), np.float32))) == 0
+    both = detector.detect_around(frame, full.boxes)
+    assert len(both) == 2
+
+
+def test_detect_around_a_face_at_the_frame_edge(detector):
+    frame = paste_face((640, 360), 100, (540, 260))  # touching the bottom-right corner
+    full = detector(frame)
+    assert len(full) == 1
+    local = detector.detect_around(frame, full.boxes)
+    assert len(local) == 1 and box_iou(local.boxes, full.boxes)[0, 0] > 0.7
+    assert (local.boxes[:, 2:] <= [640, 360]).all()
+
+
+def test_detect_around_recovers_the_street_faces(detector):
+    frame = read_video_frames("videos/street_1080p_multi.mp4", [10])[0]
+    full = detector(frame)
+    local = detector.detect_around(frame, full.boxes)
+    overlap = box_iou(full.boxes, local.boxes).max(axis=1) if len(local) else np.zeros(len(full))
+    assert (overlap > 0.5).mean() >= 0.9, overlap

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import shared_path
 from streamanon import Anonymizer, AnonymizerConfig, anonymize_file, load_config
-from streamanon.errors import ModelUnavailable
-from streamanon.faces.detect import CenterFaceDetector
+from streamanon.errors import ModelUnavailable, UserError
+from streamanon.faces.detect import CenterFaceDetector, box_iou
 from streamanon.faces.embed import FaceEmbedder
 from streamanon.faces.landmarks import LandmarkPredictor
 from streamanon.config import ReplaceConfig
@@ -181,3 +181,51 @@ def test_generate_without_any_weights_refuses_instead_of_faking(monkeypatch, tmp
     monkeypatch.setenv("STREAMANON_MODELS", str(tmp_path / "empty"))
     with pytest.raises(ModelUnavailable, match="generator"):
         Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
+
+class CountingDetector:
+    """The real detector, counting full-frame and local (around known faces) passes."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.full, self.local = detector, 0, 0
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        self.full += 1
+        return self.detector(image)
+
+    def detect_around(self, image: np.ndarray, boxes: np.ndarray) -> Detections:
+        self.local += 1
+        return self.detector.detect_around(image, boxes)
+
+
+def test_detect_every_keeps_known_faces_hidden_between_full_passes():
+    frames = decode_rgb(shared_path("videos/street_1080p_multi.mp4"))[:13]
+    anonymizer = Anonymizer(load_config(overrides={"replace.mode": "blur", "detect.every": 3}))
+    counter = anonymizer.detector = CountingDetector(anonymizer.detector)
+    truth = CenterFaceDetector(threshold=0.5)
+    checked = 0
+    for index, image in enumerate(frames):
+        out, stats = anonymizer.process_frame(Frame(image, index, pts=index, time_base=Fraction(1, 25)))
+        faces = truth(image).boxes
+        if index % 3 == 0:
+            known = faces  # what a full pass sees now
+        else:
+            assert stats.detected >= 1 and stats.coasting <= 1, (index, stats)
+            # Between full passes a face is only guaranteed hidden once a full pass has seen it.
+            faces = faces[box_iou(faces, known).max(axis=1) > 0.3] if len(known) else faces[:0]
+        for x1, y1, x2, y2 in faces:
+            w, h = x2 - x1, y2 - y1
+            centre = np.s_[int(y1 + h / 4) : int(y2 - h / 4), int(x1 + w / 4) : int(x2 - w / 4)]
+            change = np.abs(out[centre].astype(int) - image[centre].astype(int)).mean()
+            assert change > 3.0, f"frame {index}: a face at {x1:.0f},{y1:.0f} is not hidden ({change:.1f})"
+            checked += 1
+    assert (counter.full, counter.local) == (5, 8)  # frames 0, 3, 6, 9, 12 search everything
+    assert checked >= 40
+    anonymizer.reset()
+    anonymizer.process_frame(Frame(frames[0], 0))
+    assert counter.full == 6  # a reset starts with a full pass
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_detect_every_must_be_a_positive_whole_number(bad):
+    with pytest.raises(UserError, match="detect.every"):
+        load_config(overrides={"detect.every": bad})

@@ -242,6 +242,13 @@ class FaceTracker:
         self._frame += 1
         return faces
 
+    def predicted_boxes(self, t: float) -> np.ndarray:
+        """Where the live tracks are expected at time ``t``: (N, 4) float32 x1 y1 x2 y2, widened
+        for each frame a coasting track went unseen (the boxes association will search)."""
+        if not self._tracks:
+            return np.zeros((0, 4), np.float32)
+        return np.stack([_to_xyxy(self._grow(tr.predict(float(t)), tr.missed)) for tr in self._tracks]).astype(np.float32)
+
     def set_landmarks(self, track_id: int, landmarks: np.ndarray, t: float) -> np.ndarray:
         """Smooth one frame's 68 landmarks ``(68, 2)`` of a track; store and return them.
 
