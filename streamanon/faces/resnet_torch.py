@@ -1,7 +1,7 @@
 """dlib's face recognition ResNet in PyTorch, with weights read straight from dlib's .dat file.
 
-dlib-bin is built without BLAS, so ``FaceEmbedder`` spends ~115 ms per face on a laptop
-CPU. This module runs the same network (``dlib_face_recognition_resnet_model_v1.dat``)
+dlib-bin is built without BLAS, so ``FaceEmbedder`` spends ~115-135 ms per face on a
+small CPU. This module runs the same network (``dlib_face_recognition_resnet_model_v1.dat``)
 through PyTorch: the weights are parsed from dlib's own binary serialization at load time
 (no converted copy is shipped, nothing is downloaded) and the descriptors match dlib's to
 about 1e-6.
@@ -44,7 +44,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import resolve_model
 from .detect import as_rgb_uint8
-from .embed import FaceEmbedder, _check_landmarks
+from .embed import _check_landmarks, dlib_shapes
 
 CHIP_SIZE = 150  # input_rgb_image_sized<150>
 CHIP_PADDING = 0.25  # what compute_face_descriptor passes to get_face_chip_details
@@ -372,7 +372,9 @@ def load_dlib_face_resnet(path: str | os.PathLike) -> DlibFaceResNetWeights:
     try:
         return parse_dlib_face_resnet(data)
     except _FormatError as exc:
-        raise UserError(f"{path} is not dlib's face recognition ResNet (resnet_model_v1 .dat): {exc}") from None
+        raise UserError(
+            f"{path} is not dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat): {exc}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +502,7 @@ def ieee_float32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
     if hasattr(conv, "fp32_precision"):  # torch >= 2.9: per-operation precision API
         saved = conv.fp32_precision, matmul.fp32_precision
         conv.fp32_precision = matmul.fp32_precision = "ieee"
@@ -546,7 +548,7 @@ class TorchFaceEmbedder:
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         # channels_last: the chips arrive as NHWC already, and oneDNN's / cuDNN's NHWC
-        # convolutions are faster (measured ~25 % on CPU) with the same float32 results.
+        # convolutions are faster (measured 15-30 % on CPU) with the same float32 results.
         net = DlibFaceResNet.from_dlib_file(self.model_path)
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
 
@@ -556,12 +558,8 @@ class TorchFaceEmbedder:
         landmarks = _check_landmarks(landmarks68)
         if len(landmarks) == 0:
             return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        shapes = self._dlib.full_object_detections()
-        for shape in landmarks:
-            # FaceEmbedder._shape only needs ``self._dlib``: reuse it so both embedders
-            # build the same full_object_detection (integer points, same box).
-            shapes.append(FaceEmbedder._shape(self, shape))  # type: ignore[arg-type]
-        chips = self._dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
+        # The same full_object_detections as FaceEmbedder (integer points, same box).
+        chips = self._dlib.get_face_chips(image, dlib_shapes(landmarks), size=CHIP_SIZE, padding=CHIP_PADDING)
         return np.stack([np.asarray(c, np.uint8) for c in chips])
 
     def embed(self, image_rgb: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:

@@ -97,7 +97,8 @@ class IdentityGuard:
             show a face, in order of preference (the first: its photometric settings).
         candidates: most latents tried per choice and post-processing (>= 1).
         threshold: dlib distance below which a face counts as re-identified.
-        embedder: a ``FaceEmbedder`` (default: dlib's, from the model registry).
+        embedder: a ``FaceEmbedder`` or ``TorchFaceEmbedder`` (default: ``default_embedder`` on the
+            generator's device).
     """
 
     def __init__(self, generator, postprocess: dict[str, Postprocess], candidates: int = 16, threshold: float = 0.6,
@@ -107,9 +108,9 @@ class IdentityGuard:
         if not postprocess:
             raise ValueError("the guard needs at least one post-processing")
         if embedder is None:
-            from ..faces.embed import FaceEmbedder
+            from ..faces.embed import default_embedder
 
-            embedder = FaceEmbedder()
+            embedder = default_embedder(str(getattr(generator, "device", "cpu")))
         self.generator = generator
         self.postprocess = postprocess
         self.candidates = int(candidates)
@@ -155,5 +156,13 @@ class IdentityGuard:
         n = len(codes)
         fakes = self.generator([face] * n, latents=codes)
         shown = self.postprocess[postprocess](fakes, np.stack([face.image] * n), np.stack([face.mask] * n))
-        embeddings = np.stack([self.embedder.embed(view.paste(image), view.landmarks) for image in shown])
+        embeddings = self._embed_each([view.paste(image) for image in shown], view.landmarks)
         return np.linalg.norm(embeddings - reference, axis=1)
+
+    def _embed_each(self, images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
+        """(N, 128) descriptors of the face at ``landmarks`` in each image; one batched network
+        run when the embedder cuts chips separately (``TorchFaceEmbedder``)."""
+        if hasattr(self.embedder, "embed_chips"):
+            chips = np.concatenate([self.embedder.chips(image, landmarks[None]) for image in images])
+            return self.embedder.embed_chips(chips)
+        return np.stack([self.embedder.embed(image, landmarks) for image in images])

@@ -212,7 +212,7 @@ class Models:
     @classmethod
     def load(cls, options: EvalOptions) -> "Models":
         from ..faces.detect import CenterFaceDetector
-        from ..faces.embed import DlibHogDetector, FaceEmbedder
+        from ..faces.embed import DlibHogDetector, default_embedder
         from ..faces.landmarks import LandmarkPredictor
 
         notes: list[str] = []
@@ -231,7 +231,7 @@ class Models:
         return cls(
             detector=CenterFaceDetector(threshold=options.detect_threshold),
             landmarks=LandmarkPredictor(),
-            embedder=FaceEmbedder(),
+            embedder=default_embedder(),
             hog=(DlibHogDetector(upsample=1), DlibHogDetector(upsample=0)) if options.hog else None,
             emotion=emotion,
             notes=notes,

@@ -49,13 +49,13 @@ class FaceJudge:
 
     def __init__(self) -> None:
         from ..faces.detect import CenterFaceDetector
-        from ..faces.embed import DlibHogDetector, FaceEmbedder
+        from ..faces.embed import DlibHogDetector, default_embedder
         from ..faces.landmarks import LandmarkPredictor
 
         self.hog = DlibHogDetector(upsample=1)
         self.centerface = CenterFaceDetector(threshold=0.4, coarse_side=None)
         self.predictor = LandmarkPredictor()
-        self.embedder = FaceEmbedder()
+        self.embedder = default_embedder()
 
     def landmarks(self, image: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """Predicted (68, 2) landmarks of the face nearest the condition's centre."""
