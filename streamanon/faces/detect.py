@@ -254,6 +254,11 @@ class CenterFaceDetector:
         options.intra_op_num_threads = threads or _default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ORT's worker threads spin-wait after a run by default, stealing the cores from the stages
+        # that follow detection: on 2 cores the generator took 22 ms instead of 12. Stopping the
+        # spin at the end of each run (it still spins within one) lifted generate mode at 640x360
+        # from 5.2-5.7 to 6.9-8.2 fps (benchmarks/results, stages-cpu-*).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         available = ort.get_available_providers()
         if providers is None:
             # TensorRT would build an engine per input shape: not a sane default here.
