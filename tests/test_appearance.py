@@ -18,7 +18,7 @@ from streamanon.config import PhotometricConfig  # noqa: E402
 from streamanon.errors import UserError  # noqa: E402
 from streamanon.faces.align import face_mask  # noqa: E402
 from streamanon.generate.appearance import AppearanceConfig, AppearanceGenerator  # noqa: E402
-from streamanon.generate.guard import IdentityGuard, postprocessings  # noqa: E402
+from streamanon.generate.guard import BATCH, IdentityGuard, postprocessings  # noqa: E402
 from streamanon.generate.runtime import load_generator  # noqa: E402
 from streamanon.generate.warp import control_points, warp_points  # noqa: E402
 from streamanon.photometric import reference  # noqa: E402
@@ -58,6 +58,27 @@ def test_warp_between_equal_layouts_is_the_identity():
     out = warp_points(image, points, points)
     assert out.shape == image.shape and out.dtype == image.dtype
     assert (out - image).abs().max() < 1e-3
+
+
+def test_warp_of_repeated_layouts_equals_warping_each_alone(monkeypatch):
+    """Candidates on the same landmarks share one spline (the guard's batches); mixed batches
+    still get each face's own."""
+    import streamanon.generate.warp as warp
+
+    layouts = torch.from_numpy(_face_landmarks(SIZE, 2, seed=3))
+    source = control_points(layouts[[0, 0, 0, 1]], SIZE)
+    target = control_points(layouts[[1, 1, 1, 0]], SIZE)
+    images = torch.rand(4, 3, SIZE, SIZE)
+    solved = []
+    real = warp._sampling_grid
+    monkeypatch.setattr(warp, "_sampling_grid", lambda s, t, n: solved.append(len(s)) or real(s, t, n))
+    together = warp_points(images, source, target)
+    assert solved == [2]  # two distinct layouts for four faces
+    for i in range(4):
+        alone = warp_points(images[i : i + 1], source[i : i + 1], target[i : i + 1])
+        # float32 solves batched differently round differently (~1e-3 of the intensity range);
+        # a face given another face's spline would be off by tenths.
+        assert (together[i] - alone[0]).abs().max() < 5e-3, i
 
 
 # ------------------------------------------------------------------ the model's contract
@@ -233,7 +254,7 @@ def test_guard_keeps_the_farthest_candidate_and_refuses_when_none_is_far_enough(
 def test_guard_stops_at_the_first_safe_batch(guard_parts):
     runtime, face, ways = guard_parts
     choice = IdentityGuard(runtime, ways, candidates=16, threshold=0.01).choose(face, seed=0)
-    assert choice.safe and choice.postprocess == "full" and choice.tried == 4  # one batch
+    assert choice.safe and choice.postprocess == "full" and choice.tried == BATCH  # one batch
     assert choice.distance >= 0.06
     with pytest.raises(ValueError):
         IdentityGuard(runtime, ways, candidates=0)

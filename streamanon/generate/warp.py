@@ -96,12 +96,26 @@ def warp_points(images: torch.Tensor, source_points: torch.Tensor, target_points
     b, _, h, w = images.shape
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
-    scale = float(h - 1)
+    # The identity guard renders several candidates onto the same landmarks: solve and evaluate
+    # the spline once per distinct pair of point sets (the evaluation is most of the cost).
+    pairs = torch.cat([source_points.float().flatten(1), target_points.float().flatten(1)], dim=1)
+    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    if len(unique) < b:
+        n = source_points.shape[1]
+        sample_at = _sampling_grid(unique[:, : 2 * n].view(-1, n, 2), unique[:, 2 * n :].view(-1, n, 2), h)[inverse]
+    else:
+        sample_at = _sampling_grid(source_points, target_points, h)
+    out = F.grid_sample(images.float(), sample_at, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(images.dtype)
+
+
+def _sampling_grid(source_points: torch.Tensor, target_points: torch.Tensor, size: int) -> torch.Tensor:
+    """``grid_sample`` coordinates (B, S, S, 2) of the spline taking ``target`` to ``source``."""
+    b = source_points.shape[0]
+    scale = float(size - 1)
     # Unit crop sides keep the kernel's r^2 log r^2 well scaled at every resolution.
     target = target_points.float() / scale
     coefficients = tps_fit(target, source_points.float() / scale)
-    grid = pixel_grid(h, images.device).div(scale).expand(b, -1, -1)
+    grid = pixel_grid(size, source_points.device).div(scale).expand(b, -1, -1)
     source = tps_apply(target, coefficients, grid)  # (B, S*S, 2) in unit sides
-    sample_at = (source * 2.0 - 1.0).view(b, h, w, 2)  # align_corners=True: -1 and 1 are pixel centres
-    out = F.grid_sample(images.float(), sample_at, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.to(images.dtype)
+    return (source * 2.0 - 1.0).view(b, size, size, 2)  # align_corners=True: -1 and 1 are pixel centres
