@@ -62,14 +62,30 @@ def bench(clip: Path, mode: str, repeat: int, extra: dict) -> dict:
     }
 
 
+def _override(item: str) -> tuple[str, object]:
+    """``key=value`` with the value read as TOML (3 -> int, 0.5 -> float, true -> bool, else text)."""
+    import tomllib
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clips", nargs="+", type=Path)
     parser.add_argument("--mode", action="append", help="mode(s) to run (default: blur)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "file_fps.json")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set detect.every=3 (repeatable)")
     args = parser.parse_args()
-    results = [bench(clip, mode, args.repeat, {}) for clip in args.clips for mode in (args.mode or ["blur"])]
+    extra = dict(_override(item) for item in args.settings)
+    results = [bench(clip, mode, args.repeat, extra) for clip in args.clips for mode in (args.mode or ["blur"])]
     report = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_description(),
@@ -82,10 +98,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"device: {report['device']}")
-    print(f"{'clip':40s} {'mode':9s} {'frames':>6s} {'faces/fr':>8s} {'median fps':>10s}  runs")
+    print(f"{'clip':40s} {'mode':9s} {'frames':>6s} {'faces/fr':>8s} {'median fps':>10s}  runs  overrides")
     for r in results:
         fps_runs = " ".join(f"{run['fps']:.1f}" for run in r["runs"])
-        print(f"{r['clip']:40s} {r['mode']:9s} {r['frames']:6d} {r['faces_per_frame']:8.2f} {r['median_fps']:10.2f}  {fps_runs}")
+        print(f"{r['clip']:40s} {r['mode']:9s} {r['frames']:6d} {r['faces_per_frame']:8.2f} {r['median_fps']:10.2f}  "
+              f"{fps_runs}  {r['overrides'] or ''}")
     print(f"wrote {args.out}")
 
 

@@ -66,7 +66,7 @@ def pipeline_options(command):
         click.option(
             "--guard-candidates",
             type=click.IntRange(0, 1024),
-            help="Fake identities the identity guard may try per new face; 0 = no guard [16].",
+            help="Fake identities the identity guard may try per new face; 0 = no guard [32].",
         ),
         click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
         click.option("--codec", type=str, help="Output video codec [libx264]."),

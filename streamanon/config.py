@@ -104,7 +104,7 @@ class GenerateConfig:
     seed: int = 0  # base of the per-track latent codes
     # Identity guard (generate/guard.py): candidate identities tried per new track, and the dlib
     # distance to the original below which a candidate counts as re-identified. 0 switches it off.
-    guard_candidates: int = 16
+    guard_candidates: int = 32
     guard_distance: float = 0.6
     # Seconds between the guard's checks of a shown identity against the current view (a face that
     # turns or changes expression can come closer to its original); 0 = every frame.

@@ -102,7 +102,7 @@ def test_guard_candidates_option_reaches_the_config():
     from streamanon.cli import config_from_options
 
     assert config_from_options({"guard_candidates": 0}).generate.guard_candidates == 0
-    assert config_from_options({}).generate.guard_candidates == 16
+    assert config_from_options({}).generate.guard_candidates == 32
 
 
 def test_generate_mode_file_command_on_a_photo(tmp_path):

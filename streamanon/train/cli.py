@@ -185,7 +185,7 @@ def appearance_command(
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data.")
 @click.option("--count", default=500, show_default=True, type=click.IntRange(1), help="Validation faces to use.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base of the latent codes.")
-@click.option("--guard-candidates", default=16, show_default=True, type=click.IntRange(0, 1024),
+@click.option("--guard-candidates", default=32, show_default=True, type=click.IntRange(0, 1024),
               help="Identities the identity guard may try per face (0: no guard).")  # fmt: skip
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write figures here.")
 @click.option("--grid", "grid_path", default=None, type=click.Path(dir_okay=False, path_type=Path),

@@ -100,7 +100,7 @@ def validate_generator(
     seed: int = 0,
     grid_path: str | Path | None = None,
     progress: bool = False,
-    guard_candidates: int = 16,
+    guard_candidates: int = 32,
 ) -> dict:
     """Acceptance figures of generator ``weights`` on the first ``count`` validation faces.
 
