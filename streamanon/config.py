@@ -107,7 +107,8 @@ class GenerateConfig:
     guard_candidates: int = 32
     guard_distance: float = 0.6
     # Seconds between the guard's checks of a shown identity against the current view (a face that
-    # turns or changes expression can come closer to its original); 0 = every frame.
+    # turns or changes expression can come closer to its original); 0 = as often as possible (one
+    # check a frame: with several faces they take turns).
     guard_check_seconds: float = 0.2
 
     def __post_init__(self) -> None:

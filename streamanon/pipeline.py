@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
 
 # A track the guard refused (blurred meanwhile) is tried again after this many seconds.
 GUARD_RETRY_SECONDS = 1.0
+# Re-checks of shown identities run per frame at most (the most overdue first): faces that appear
+# together fall due together, and checking all of them on one frame made that frame's latency spike.
+RECHECKS_PER_FRAME = 1
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +245,9 @@ class Anonymizer:
         post-processing of each.
 
         Without a guard every track uses its own latent. With one, a new track gets the guard's
-        choice, which is checked again every ``generate.guard_check_seconds`` and replaced when it
-        fails; a track it refused is left out (so it is blurred) until a retry finds a safe one.
+        choice, which is checked again every ``generate.guard_check_seconds`` (at most
+        ``RECHECKS_PER_FRAME`` checks a frame, the most overdue first) and replaced when it fails;
+        a track it refused is left out (so it is blurred) until a retry finds a safe one.
         """
         if self.guard is None:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
@@ -252,11 +256,17 @@ class Anonymizer:
         for stale in [tid for tid in self._identities if tid not in known]:
             self._identities.pop(stale)
             self._check_at.pop(stale, None)
+        due = sorted(
+            (self._check_at[face.track_id], face.track_id)
+            for face in aligned
+            if face.track_id in self._identities and t >= self._check_at[face.track_id]
+        )
+        check_now = {tid for _, tid in due[:RECHECKS_PER_FRAME]}
         kept, latents, ways = [], [], []
         for face in aligned:
             tid = face.track_id
             choice = self._identities.get(tid)
-            if choice is None or t >= self._check_at[tid]:
+            if choice is None or tid in check_now:
                 view = self._frame_view(image, face)
                 if choice is None or not choice.safe or not self.guard.still_unlike(face, choice, view):
                     choice = self.guard.choose(face, self.config.generate.seed, view)

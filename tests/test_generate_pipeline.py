@@ -146,6 +146,26 @@ def test_the_guard_rechecks_a_shown_identity_when_due(frames, check_seconds, che
     assert len(chosen) == 1 and len(checked) == checks  # frames 1 and 2 at 25 fps: 0.04 s apart
 
 
+def test_rechecks_of_several_faces_take_turns(frames):
+    """Two faces fall due together; one is checked a frame, the most overdue first."""
+    import cv2
+
+    pair = [np.hstack([cv2.resize(f, (256, 256)), cv2.resize(f[:, ::-1], (256, 256))]) for f in frames]
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
+    _, stats = anonymizer.process_frame(Frame(pair[0], 0))
+    assert stats.generated == 2
+    checked = _counting(anonymizer, "still_unlike")
+    per_frame = []
+    for i, image in enumerate(pair[1:], start=1):
+        before = len(checked)
+        _, stats = anonymizer.process_frame(Frame(image, i))
+        assert stats.generated == 2  # the face waiting for its check is still shown
+        per_frame.append([args[0].track_id for args in checked[before:]])
+    assert [len(ids) for ids in per_frame] == [1, 1, 1]
+    assert per_frame[0] != per_frame[1] and per_frame[0] == per_frame[2]  # they alternate
+
+
 def test_an_identity_that_fails_its_check_is_replaced(frames):
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
         {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
