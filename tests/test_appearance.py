@@ -18,7 +18,7 @@ from streamanon.config import PhotometricConfig  # noqa: E402
 from streamanon.errors import UserError  # noqa: E402
 from streamanon.faces.align import face_mask  # noqa: E402
 from streamanon.generate.appearance import AppearanceConfig, AppearanceGenerator  # noqa: E402
-from streamanon.generate.guard import BATCH, IdentityGuard, postprocessings  # noqa: E402
+from streamanon.generate.guard import BATCH, IdentityChoice, IdentityGuard, postprocessings  # noqa: E402
 from streamanon.generate.runtime import load_generator  # noqa: E402
 from streamanon.generate.warp import control_points, warp_points  # noqa: E402
 from streamanon.photometric import reference  # noqa: E402
@@ -258,6 +258,18 @@ def test_guard_stops_at_the_first_safe_batch(guard_parts):
     assert choice.distance >= 0.06
     with pytest.raises(ValueError):
         IdentityGuard(runtime, ways, candidates=0)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "now", "kept"),
+    [(0.75, 0.66, True), (0.75, 0.64, False), (0.62, 0.61, True), (0.62, 0.59, False), (0.64, 0.605, False)],
+)
+def test_a_recheck_holds_an_identity_to_the_bar_it_was_accepted_at(guard_parts, monkeypatch, accepted, now, kept):
+    runtime, face, ways = guard_parts
+    guard = IdentityGuard(runtime, ways, candidates=2, threshold=0.6)
+    choice = IdentityChoice(guard_latent(runtime, face, 0), 0, accepted, 2, True, "full")
+    monkeypatch.setattr(guard, "_distances", lambda *args: np.array([now]))
+    assert guard.still_unlike(face, choice) is kept
 
 
 def guard_latent(runtime, face: AlignedFace, attempt: int) -> np.ndarray:

@@ -43,6 +43,10 @@ BATCH = 8
 # Stop searching once a candidate is this much farther than the threshold: room for the
 # observer's own landmark estimate, and for later frames (the pipeline re-checks with half of it).
 MARGIN = 0.1
+# A shown identity accepted closer than threshold + MARGIN / 2 (no candidate reached the margin) is
+# held to the distance it was accepted at, less this much drift, never below the threshold:
+# otherwise it failed every re-check and was chosen again every few frames, for the same result.
+RECHECK_DRIFT = 0.03
 
 Postprocess = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -144,11 +148,17 @@ class IdentityGuard:
     def still_unlike(self, face: AlignedFace, choice: IdentityChoice, view: View | None = None) -> bool:
         """Whether ``choice`` is still unlike the original in this new view (a face that turns or
         changes expression can come closer to it). Half the margin of :meth:`choose` is kept:
-        an observer estimates the landmarks of the shown face anew, and slightly differently."""
+        an observer estimates the landmarks of the shown face anew, and slightly differently; a
+        choice accepted inside that margin keeps its own distance less ``RECHECK_DRIFT``, and
+        never less than the threshold."""
         view = view or crop_view(face)
         reference = self.embedder.embed(view.image, view.landmarks)
         distance = self._distances(face, choice.latent[None], choice.postprocess, view, reference)[0]
-        return bool(distance >= self.threshold + MARGIN / 2)
+        return bool(distance >= self.recheck_bar(choice))
+
+    def recheck_bar(self, choice: IdentityChoice) -> float:
+        """The distance a shown identity must keep at its re-checks."""
+        return max(self.threshold, min(self.threshold + MARGIN / 2, choice.distance - RECHECK_DRIFT))
 
     def _distances(self, face: AlignedFace, codes: np.ndarray, postprocess: str, view: View,
                    reference: np.ndarray) -> np.ndarray:  # fmt: skip
