@@ -18,7 +18,7 @@ from streamanon.config import PhotometricConfig  # noqa: E402
 from streamanon.errors import UserError  # noqa: E402
 from streamanon.faces.align import face_mask  # noqa: E402
 from streamanon.generate.appearance import AppearanceConfig, AppearanceGenerator  # noqa: E402
-from streamanon.generate.guard import BATCH, IdentityChoice, IdentityGuard, postprocessings  # noqa: E402
+from streamanon.generate.guard import BATCH, BOLD_SCALE, IdentityChoice, IdentityGuard, postprocessings  # noqa: E402
 from streamanon.generate.runtime import load_generator  # noqa: E402
 from streamanon.generate.warp import control_points, warp_points  # noqa: E402
 from streamanon.photometric import reference  # noqa: E402
@@ -238,17 +238,21 @@ def test_guard_keeps_the_farthest_candidate_and_refuses_when_none_is_far_enough(
     assert list(ways) == ["full", "strict"]
     guard = IdentityGuard(runtime, ways, candidates=3, threshold=1.99)  # nothing is that far
     choice = guard.choose(face, seed=0)
-    assert not choice.safe and choice.tried == 6  # every candidate, with both post-processings
+    # every candidate, with both post-processings, then bolder with both
+    assert not choice.safe and choice.tried == 12
     # The reported distance is that of the chosen candidate, re-rendered here, and the largest.
     reference_embedding = guard.embedder.embed(face.image, face.landmarks)
     distances = {}
-    for name, show in ways.items():
-        for attempt in range(3):
-            code = np.stack([guard_latent(runtime, face, attempt)])
-            image = show(runtime([face], latents=code), face.image[None], face.mask[None])[0]
-            distances[name, attempt] = float(np.linalg.norm(guard.embedder.embed(image, face.landmarks) - reference_embedding))
+    for scale in (1.0, BOLD_SCALE):
+        for name, show in ways.items():
+            for attempt in range(3):
+                code = np.stack([guard_latent(runtime, face, attempt)]) * scale
+                image = show(runtime([face], latents=code), face.image[None], face.mask[None])[0]
+                embedding = guard.embedder.embed(image, face.landmarks)
+                distances[name, attempt, scale] = float(np.linalg.norm(embedding - reference_embedding))
     assert choice.distance == pytest.approx(max(distances.values()), abs=1e-5)
-    assert distances[choice.postprocess, choice.attempt] == pytest.approx(choice.distance, abs=1e-5)
+    assert distances[choice.postprocess, choice.attempt, choice.scale] == pytest.approx(choice.distance, abs=1e-5)
+    np.testing.assert_allclose(choice.latent, guard_latent(runtime, face, choice.attempt) * choice.scale, rtol=1e-6)
 
 
 def test_guard_stops_at_the_first_safe_batch(guard_parts):

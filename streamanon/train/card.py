@@ -93,7 +93,8 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
         "",
         "Rows: the judges on the original crops (the ceiling), the bare generator output, after the "
         "photometric post-processing, and what generate mode shows (identity guard: up to "
-        f"{guard['candidates']} candidate identities per face, else colour transfer only, else blur).",
+        f"{guard['candidates']} candidate identities per face, else colour transfer only, else bolder "
+        "candidates, else blur).",
         "",
         "| output | dlib HOG detects | landmark NME (68 pts, IOD) | dlib re-identified (< 0.6) | mean distance |",
         "|---|---|---|---|---|",
@@ -109,7 +110,8 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
     lines += [
         "",
         f"Guard: {guard['mean_tried']:.1f} candidates rendered per face; {100 * guard['strict_rate']:.1f} % of faces "
-        f"shown with colour transfer only, {100 * guard['unsafe_rate']:.1f} % blurred because no candidate was "
+        f"shown with colour transfer only, {100 * guard.get('bold_rate', 0.0):.1f} % with a bolder face (latent "
+        f"scaled by 1.5, the last resort), {100 * guard['unsafe_rate']:.1f} % blurred because no candidate was "
         f"unlike the original. Two tracks on the same face get faces {val['diversity_distance_mean']:.3f} apart "
         f"in dlib space ({100 * val['diversity_same_person_rate']:.1f} % would pass as one person).",
         "",

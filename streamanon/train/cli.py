@@ -214,6 +214,7 @@ def validate_command(
         click.echo(
             f"    guard: {guard['mean_tried']:.1f} candidates tried per face, "
             f"{100 * guard['strict_rate']:.1f} % shown with colour transfer only, "
+            f"{100 * guard.get('bold_rate', 0.0):.1f} % with a bolder face, "
             f"{100 * guard['unsafe_rate']:.1f} % blurred (no candidate unlike enough)"
         )
     click.echo(

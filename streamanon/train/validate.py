@@ -134,6 +134,7 @@ def validate_generator(
     tried: list[int] = []
     unsafe = 0
     strict = 0
+    bold = 0
     grid_rows: list[list[np.ndarray]] = [[], [], [], [], []]
     for index in tqdm(range(count), desc="validating", disable=not progress, unit="face"):
         crop, landmarks = data.raw(index)
@@ -147,6 +148,7 @@ def validate_generator(
             choice = guard.choose(face, seed)
             tried.append(choice.tried)
             strict += choice.safe and choice.postprocess != "full"
+            bold += choice.safe and choice.scale != 1.0
             if choice.attempt != 0 or choice.postprocess != "full":
                 show = ways[choice.postprocess]
                 output = show(runtime([face], latents=choice.latent[None]), crop[None], mask[None])[0]
@@ -176,6 +178,7 @@ def validate_generator(
             "mean_tried": round(float(np.mean(tried)), 2) if tried else None,
             "unsafe_rate": round(unsafe / count, 4) if guard is not None else None,
             "strict_rate": round(strict / count, 4) if guard is not None else None,
+            "bold_rate": round(bold / count, 4) if guard is not None else None,
         },
         **{name: _aggregate(results) for name, results in rows.items()},
         "diversity_distance_mean": round(float(np.mean(diversity)), 4),
