@@ -169,3 +169,14 @@ def test_cuda_matches_cpu(embedders, faces):
     cuda = TorchFaceEmbedder(device="cuda")
     # TF32 is switched off inside embed_chips, so CUDA stays within float32 rounding.
     assert np.abs(cuda.embed_chips(chips) - cpu_embedder.embed_chips(chips)).max() <= 1e-4
+
+
+def test_dlib_embedder_cuts_and_embeds_chips_like_embed_many(embedders, faces):
+    """The guard batches any embedder through chips + embed_chips; for dlib's own it must give
+    exactly what embed_many gives."""
+    image, landmarks = faces[0]
+    dlib_embedder = embedders[0]
+    chips = dlib_embedder.chips(image, landmarks[None])
+    assert chips.shape == (1, 150, 150, 3) and chips.dtype == np.uint8
+    np.testing.assert_array_equal(dlib_embedder.embed_chips(chips), dlib_embedder.embed_many(image, landmarks[None]))
+    assert dlib_embedder.embed_chips(chips[:0]).shape == (0, 128)

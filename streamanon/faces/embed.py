@@ -19,6 +19,8 @@ from ..models import resolve_model
 from .detect import as_rgb_uint8
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for "same identity"
+CHIP_SIZE = 150  # the network's input side
+CHIP_PADDING = 0.25  # what compute_face_descriptor passes to get_face_chip_details
 
 
 def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
@@ -45,6 +47,19 @@ def dlib_shapes(landmarks68: np.ndarray):
         rect = dlib.rectangle(int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
         shapes.append(dlib.full_object_detection(rect, points))
     return shapes
+
+
+def face_chips(image_rgb: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
+    """dlib's aligned (N, 150, 150, 3) uint8 chips of (N, 68, 2) faces, cut as
+    ``compute_face_descriptor`` cuts them (size 150, padding 0.25)."""
+    import dlib
+
+    image = as_rgb_uint8(image_rgb)
+    landmarks = _check_landmarks(landmarks68)
+    if len(landmarks) == 0:
+        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    chips = dlib.get_face_chips(image, dlib_shapes(landmarks), size=CHIP_SIZE, padding=CHIP_PADDING)
+    return np.stack([np.asarray(chip, np.uint8) for chip in chips])
 
 
 class FaceEmbedder:
@@ -75,6 +90,17 @@ class FaceEmbedder:
         if len(landmarks) == 0:
             return np.zeros((0, 128), np.float32)
         vectors = self.model.compute_face_descriptor(image, dlib_shapes(landmarks), self.num_jitters)
+        return np.asarray([np.asarray(v) for v in vectors], np.float32).reshape(-1, 128)
+
+    def chips(self, image_rgb: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
+        """The (N, 150, 150, 3) uint8 aligned chips the network sees for these (N, 68, 2) faces."""
+        return face_chips(image_rgb, landmarks68)
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Descriptors (N, 128) float32 of chips from :meth:`chips` (the same numbers as ``embed``)."""
+        if len(chips) == 0:
+            return np.zeros((0, 128), np.float32)
+        vectors = self.model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips], self.num_jitters)
         return np.asarray([np.asarray(v) for v in vectors], np.float32).reshape(-1, 128)
 
 

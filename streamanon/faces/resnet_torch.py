@@ -43,11 +43,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import resolve_model
-from .detect import as_rgb_uint8
-from .embed import _check_landmarks, dlib_shapes
+from .embed import CHIP_SIZE, face_chips
 
-CHIP_SIZE = 150  # input_rgb_image_sized<150>
-CHIP_PADDING = 0.25  # what compute_face_descriptor passes to get_face_chip_details
 DESCRIPTOR_SIZE = 128
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +538,6 @@ class TorchFaceEmbedder:
     def __init__(
         self, model_path: str | os.PathLike | None = None, device: str | torch.device = "cpu", batch_size: int = 32
     ) -> None:
-        import dlib
-
-        self._dlib = dlib
         self.model_path = resolve_model("dlib_face_embedding", model_path)
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
@@ -554,13 +548,7 @@ class TorchFaceEmbedder:
 
     def chips(self, image_rgb: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
         """The (N, 150, 150, 3) uint8 aligned chips dlib would feed its network."""
-        image = as_rgb_uint8(image_rgb)
-        landmarks = _check_landmarks(landmarks68)
-        if len(landmarks) == 0:
-            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        # The same full_object_detections as FaceEmbedder (integer points, same box).
-        chips = self._dlib.get_face_chips(image, dlib_shapes(landmarks), size=CHIP_SIZE, padding=CHIP_PADDING)
-        return np.stack([np.asarray(c, np.uint8) for c in chips])
+        return face_chips(image_rgb, landmarks68)
 
     def embed(self, image_rgb: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
         """The (128,) float32 descriptor of the face with these (68, 2) frame landmarks."""

@@ -181,9 +181,6 @@ class IdentityGuard:
         return np.linalg.norm(embeddings - reference, axis=1)
 
     def _embed_each(self, images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
-        """(N, 128) descriptors of the face at ``landmarks`` in each image; one batched network
-        run when the embedder cuts chips separately (``TorchFaceEmbedder``)."""
-        if hasattr(self.embedder, "embed_chips"):
-            chips = np.concatenate([self.embedder.chips(image, landmarks[None]) for image in images])
-            return self.embedder.embed_chips(chips)
-        return np.stack([self.embedder.embed(image, landmarks) for image in images])
+        """(N, 128) descriptors of the face at ``landmarks`` in each image, in one batched run."""
+        chips = np.concatenate([self.embedder.chips(image, landmarks[None]) for image in images])
+        return self.embedder.embed_chips(chips)
