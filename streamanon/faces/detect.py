@@ -324,10 +324,8 @@ class CenterFaceDetector:
             blob[b] = cv2.resize(region, (ROI_INPUT, ROI_INPUT), interpolation=interp).transpose(2, 0, 1)
             origins.append(origin)
             scales.append(side / ROI_INPUT)
-        heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
         parts = []
-        for b, (origin, back) in enumerate(zip(origins, scales)):
-            found, scores, points = decode(heat[b], size[b], offset[b], kps[b], self.threshold)
+        for (found, scores, points), origin, back in zip(self._infer(blob), origins, scales):
             shift = np.asarray(origin, np.float32)
             tier = np.full(len(found), 2, np.int8)  # every region shows its face at a reliable size
             parts.append(_Candidates(found * back + np.tile(shift, 2), scores, points * back + shift, tier))
@@ -344,12 +342,10 @@ class CenterFaceDetector:
         for b, image in enumerate(images):
             resized = image if (new_w, new_h) == (width, height) else cv2.resize(image, (new_w, new_h), interpolation=interp)
             blob[b, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
-        heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
         # The factor actually applied, per axis, after rounding to whole pixels.
         back = np.array([width / new_w, height / new_h], np.float32)
         out = []
-        for b in range(len(images)):
-            boxes, scores, points = decode(heat[b], size[b], offset[b], kps[b], self.threshold)
+        for boxes, scores, points in self._infer(blob):
             side = np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1))  # at network input
             if coarse:
                 tier = np.full(len(boxes), 1, np.int8)
@@ -357,6 +353,12 @@ class CenterFaceDetector:
                 tier = np.where(side <= RELIABLE_SIDE, 2, 0).astype(np.int8)
             out.append(_Candidates(boxes * np.tile(back, 2), scores, points * back, tier))
         return out
+
+    def _infer(self, blob: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One network run over ``blob`` (B, 3, H, W); per image: boxes, scores, keypoints in
+        network-input pixels."""
+        heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
+        return [decode(heat[b], size[b], offset[b], kps[b], self.threshold) for b in range(len(blob))]
 
     def _finish(self, parts: list["_Candidates"], shape: tuple[int, int]) -> Detections:
         """Merge the passes of one image, clip to the frame, drop tiny boxes, NMS.
