@@ -71,7 +71,7 @@ def test_warp_of_repeated_layouts_equals_warping_each_alone(monkeypatch):
     images = torch.rand(4, 3, SIZE, SIZE)
     solved = []
     real = warp._sampling_grid
-    monkeypatch.setattr(warp, "_sampling_grid", lambda s, t, n: solved.append(len(s)) or real(s, t, n))
+    monkeypatch.setattr(warp, "_sampling_grid", lambda s, t, n, step: solved.append(len(s)) or real(s, t, n, step))
     together = warp_points(images, source, target)
     assert solved == [2]  # two distinct layouts for four faces
     for i in range(4):
@@ -79,6 +79,24 @@ def test_warp_of_repeated_layouts_equals_warping_each_alone(monkeypatch):
         # float32 solves batched differently round differently (~1e-3 of the intensity range);
         # a face given another face's spline would be off by tenths.
         assert (together[i] - alone[0]).abs().max() < 5e-3, i
+
+
+def test_warp_on_a_coarse_lattice_stays_close_to_the_exact_spline():
+    """Rendering evaluates the spline every 2 px: the image it gives differs from the exact
+    warp by a small fraction of the intensity range, yet the lattice does change something."""
+    layouts = torch.from_numpy(_face_landmarks(SIZE, 2, seed=4))
+    source, target = control_points(layouts[[0, 1]], SIZE), control_points(layouts[[1, 0]], SIZE)
+    # A smooth image with structure at several scales, like a face texture.
+    axis = torch.linspace(0, 6.0, SIZE)
+    image = (torch.sin(axis)[None, :] * torch.cos(1.7 * axis)[:, None]).expand(2, 3, -1, -1).contiguous()
+    exact = warp_points(image, source, target)
+    coarse = warp_points(image, source, target, lattice_step=2)
+    difference = (coarse - exact).abs()
+    assert 0 < float(difference.mean()) < 5e-3  # of a range of 2
+    assert float(difference.max()) < 0.1
+    assert torch.equal(warp_points(image, source, target, lattice_step=1), exact)
+    with pytest.raises(ValueError, match="lattice_step"):
+        warp_points(image, source, target, lattice_step=0)
 
 
 # ------------------------------------------------------------------ the model's contract

@@ -30,6 +30,10 @@ from .model import compose_output
 from .warp import control_points, warp_points
 
 ARCHITECTURE = "appearance"
+# Rendering evaluates the spline every 2 px and interpolates: 4x fewer evaluations (most of the
+# generator's time). On 60 validation faces the rendered face region moves 0.17 grey levels on
+# average (p99.9: 6); the largest moves sit on a fold of the spline at crowded eye corners.
+RENDER_LATTICE_STEP = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,6 @@ class AppearanceGenerator(nn.Module):
         size = self.config.resolution
         texture = self.texture(self.coefficients(landmarks, z))
         mean = self.mean_landmarks.float()[None].expand(landmarks.shape[0], -1, -1)
-        raw = warp_points(texture, control_points(mean, size), control_points(landmarks, size))
+        raw = warp_points(texture, control_points(mean, size), control_points(landmarks, size), RENDER_LATTICE_STEP)
         raw = raw.to(crop.dtype)
         return compose_output(raw, crop, mask) if compose else raw

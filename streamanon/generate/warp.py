@@ -86,36 +86,49 @@ def pixel_grid(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
-def warp_points(images: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
+def warp_points(
+    images: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor, lattice_step: int = 1
+) -> torch.Tensor:
     """Warp ``images`` (B, C, S, S) so that what lies at ``source_points`` moves to ``target_points``.
 
     Both point sets are (B, P, 2) crop pixels (:func:`control_points`). Each output pixel looks up
     the spline's preimage in the source (bilinear, edge pixels repeated outside); the result has
-    the input's dtype.
+    the input's dtype. ``lattice_step`` > 1 evaluates the spline on a lattice about that many
+    pixels apart and interpolates between its nodes: evaluation is most of the cost, and the
+    spline is smooth except right at crowded control points (see ``RENDER_LATTICE_STEP``).
     """
     b, _, h, w = images.shape
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
+    if lattice_step < 1:
+        raise ValueError(f"lattice_step must be >= 1, got {lattice_step}")
     # The identity guard renders several candidates onto the same landmarks: solve and evaluate
-    # the spline once per distinct pair of point sets (the evaluation is most of the cost).
+    # the spline once per distinct pair of point sets.
     pairs = torch.cat([source_points.float().flatten(1), target_points.float().flatten(1)], dim=1)
     unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
     if len(unique) < b:
         n = source_points.shape[1]
-        sample_at = _sampling_grid(unique[:, : 2 * n].view(-1, n, 2), unique[:, 2 * n :].view(-1, n, 2), h)[inverse]
+        sources, targets = unique[:, : 2 * n].view(-1, n, 2), unique[:, 2 * n :].view(-1, n, 2)
+        sample_at = _sampling_grid(sources, targets, h, lattice_step)[inverse]
     else:
-        sample_at = _sampling_grid(source_points, target_points, h)
+        sample_at = _sampling_grid(source_points, target_points, h, lattice_step)
     out = F.grid_sample(images.float(), sample_at, mode="bilinear", padding_mode="border", align_corners=True)
     return out.to(images.dtype)
 
 
-def _sampling_grid(source_points: torch.Tensor, target_points: torch.Tensor, size: int) -> torch.Tensor:
-    """``grid_sample`` coordinates (B, S, S, 2) of the spline taking ``target`` to ``source``."""
+def _sampling_grid(source_points: torch.Tensor, target_points: torch.Tensor, size: int, lattice_step: int = 1) -> torch.Tensor:
+    """``grid_sample`` coordinates (B, S, S, 2) of the spline taking ``target`` to ``source``,
+    evaluated every pixel or on a lattice ``lattice_step`` px apart and bilinearly upsampled."""
     b = source_points.shape[0]
     scale = float(size - 1)
     # Unit crop sides keep the kernel's r^2 log r^2 well scaled at every resolution.
     target = target_points.float() / scale
     coefficients = tps_fit(target, source_points.float() / scale)
-    grid = pixel_grid(size, source_points.device).div(scale).expand(b, -1, -1)
-    source = tps_apply(target, coefficients, grid)  # (B, S*S, 2) in unit sides
-    return (source * 2.0 - 1.0).view(b, size, size, 2)  # align_corners=True: -1 and 1 are pixel centres
+    nodes = size if lattice_step == 1 else max(2, -(-(size - 1) // lattice_step) + 1)
+    grid = pixel_grid(nodes, source_points.device).div(nodes - 1).expand(b, -1, -1)
+    source = tps_apply(target, coefficients, grid).view(b, nodes, nodes, 2)  # unit sides
+    if nodes != size:
+        # Nodes sit on the first and last pixel centres, as align_corners=True maps them.
+        source = F.interpolate(source.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=True)
+        source = source.permute(0, 2, 3, 1)
+    return source * 2.0 - 1.0  # align_corners=True: -1 and 1 are pixel centres
