@@ -219,6 +219,21 @@ def test_resumed_training_matches_uninterrupted_training(data_dir, trained, tmp_
     assert all(torch.equal(straight["train"]["discriminator"][k], v) for k, v in resumed["train"]["discriminator"].items())
 
 
+def test_max_minutes_stops_early_with_a_checkpoint_to_resume_from(data_dir, tmp_path):
+    """A run given almost no time stops after its first step, saves it, and a resume goes on."""
+    config = tmp_path / "smoke.json"
+    config.write_text(json.dumps(SMOKE))
+    args = ["--data", str(data_dir), "--out", str(tmp_path / "run"), "--batch", "4", "--workers", "0"]
+    args += ["--config", str(config), "--sample-every", "0", "--checkpoint-every", "100", "--steps", "50", "-q"]
+    result = CliRunner().invoke(run_command, args + ["--max-minutes", "1e-6"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "steps 1..1" in result.output
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    assert (tmp_path / "run" / f"generator_{SIZE}.pt").exists()
+    again = CliRunner().invoke(run_command, args + ["--steps", "2"], catch_exceptions=False)
+    assert "steps 2..2" in again.output and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+
+
 def test_trained_weights_run_in_the_runtime_on_real_crops(data_dir, trained):
     runtime = load_generator(trained / f"generator_{SIZE}.pt", backend="eager")
     data = FaceShardDataset(data_dir, "val")

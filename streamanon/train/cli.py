@@ -75,6 +75,8 @@ def prepare_command(
 @click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0))
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--max-minutes", default=None, type=click.FloatRange(0, min_open=True),
+              help="Stop after this many minutes (checkpoint saved; resume continues).")  # fmt: skip
 @click.option("--base-channels", default=None, type=click.IntRange(4, 256), help="Generator width [32].")
 @click.option("--config", "config_json", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON file of TrainConfig fields (command-line options win).")  # fmt: skip
@@ -93,6 +95,7 @@ def run_command(
     sample_every: int,
     checkpoint_every: int,
     log_every: int,
+    max_minutes: float | None,
     base_channels: int | None,
     config_json: Path | None,
     quiet: bool,
@@ -122,6 +125,7 @@ def run_command(
         "sample_every": sample_every,
         "checkpoint_every": checkpoint_every,
         "log_every": log_every,
+        "max_minutes": max_minutes,
     }
     ctx = click.get_current_context()
     for key, value in given.items():

@@ -77,6 +77,7 @@ class TrainConfig:
     sample_every: int = 500
     checkpoint_every: int = 1000
     resume: str | None = "auto"  # "auto": out/checkpoint.pt if present; a path; None: start fresh
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time: leased GPUs
     progress: bool = True
     generator: dict[str, Any] = field(default_factory=dict)  # GeneratorConfig overrides
     d_channels: int = 32  # discriminator width at full resolution
@@ -396,7 +397,8 @@ class Trainer:
 
         bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step", dynamic_ncols=True)
         window: dict[str, list[float]] = {}
-        tick = time.perf_counter()
+        tick = started = time.perf_counter()
+        deadline = None if cfg.max_minutes is None else started + 60.0 * cfg.max_minutes
         try:
             for batch in loader:
                 values = self.train_step(*self._to_device(batch))
@@ -405,7 +407,8 @@ class Trainer:
                         raise FloatingPointError(f"loss '{k}' became {v} at step {self.step}")
                     window.setdefault(k, []).append(v)
                 bar.update(1)
-                final = self.step == cfg.steps
+                out_of_time = deadline is not None and time.perf_counter() >= deadline
+                final = self.step == cfg.steps or out_of_time
                 if self.step % cfg.log_every == 0 or final:
                     now = time.perf_counter()
                     last = {k: float(np.mean(v)) for k, v in window.items()}
@@ -420,6 +423,9 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or final:
                     self.save()
                     plot_losses(self.out / "losses.csv", self.out / "losses.png")
+                if out_of_time:
+                    log.info("stopping at step %d: --max-minutes %g reached; resume continues", self.step, cfg.max_minutes)
+                    break
         finally:
             bar.close()
         return TrainResult(self.step, start, self.out / "checkpoint.pt", self.weights_path, last, self.out)
