@@ -551,3 +551,18 @@ def test_iter_image_folder_sorted_recursive_images_only(tmp_path):
     assert is_image_path("X.JPG") and not is_image_path("x.mp4") and ".png" in IMAGE_EXTENSIONS
     with pytest.raises(UserError):
         list(iter_image_folder(tmp_path / "b.jpg"))
+
+
+def test_encoder_error_on_its_thread_reaches_the_caller_and_leaves_no_output(tmp_path, small_clip):
+    """Encoding runs on its own thread: an image it refuses still stops the job with that error."""
+    before = sha256(small_clip)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def wrong_size_at_4(frame: Frame) -> np.ndarray:
+        return frame.image[:-2] if frame.index == 4 else frame.image
+
+    with pytest.raises(ValueError, match="frame 4: expected an RGB uint8 image"):
+        transcode(small_clip, out_dir / "out.mp4", wrong_size_at_4, FAST)
+    assert list(out_dir.iterdir()) == []
+    assert sha256(small_clip) == before

@@ -65,6 +65,7 @@ import numpy as np
 from ..config import EncodeConfig
 from ..errors import UserError
 from ..types import Frame, FrameStats
+from .background import WriteBehind, read_ahead
 from .images import is_image_path
 from .paths import atomic_output, check_paths
 
@@ -699,8 +700,9 @@ def transcode(
     """Decode ``src``, pass each frame through ``process``, write ``dst`` with every other stream copied.
 
     ``process(frame)`` returns the new RGB image for that frame (same size), or a
-    :class:`ProcessedFrame` carrying stats too. ``on_frame(index, stats_or_none)`` is
-    called after each frame is handed to the encoder (for progress). The input is read
+    :class:`ProcessedFrame` carrying stats too; the image must not be changed afterwards (it is
+    encoded on another thread, see :mod:`.background`). ``on_frame(index, stats_or_none)`` is
+    called after each frame is queued for the encoder (for progress). The input is read
     once; ``dst`` appears only if everything succeeded. See the module docs for what is
     kept (timestamps, rotation, colour, streams) and how odd sizes are handled.
     ``drop_unsupported`` leaves out streams the output container cannot hold instead of
@@ -711,18 +713,25 @@ def transcode(
         raise UserError(f"{src} is an image, not a video")
     check_paths(src, dst, overwrite)
     start = time.perf_counter()
-    with VideoReader(src) as reader, VideoWriter(dst, reader, encode, drop_unsupported) as writer:
-        for item in reader.demux():
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(VideoReader(src))
+        writer = stack.enter_context(VideoWriter(dst, reader, encode, drop_unsupported))
+        # Decoding and encoding run on their own threads, overlapping with ``process``. Exit
+        # order: the write thread finishes before the writer flushes; the read thread stops
+        # before the reader closes.
+        output = stack.enter_context(WriteBehind(name="streamanon-encode"))
+        items = stack.enter_context(contextlib.closing(read_ahead(reader.demux(), name="streamanon-decode")))
+        for item in items:
             if isinstance(item, Frame):
                 result = process(item)
                 stats = None
                 if isinstance(result, ProcessedFrame):
                     result, stats = result.image, result.stats
-                writer.write(item, result)
+                output.submit(writer.write, item, result)
                 if on_frame is not None:
                     on_frame(item.index, stats)
             else:
-                writer.mux_passthrough(item)
+                output.submit(writer.mux_passthrough, item)
     return TranscodeResult(
         frames=writer.frames_written,
         seconds=time.perf_counter() - start,
