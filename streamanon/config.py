@@ -36,10 +36,15 @@ class DetectConfig:
     # cores). Known faces stay covered every frame; a face entering the picture is found up to
     # every - 1 frames late. 1 = full frame every frame.
     every: int = 1
+    # Who runs the network: onnxruntime, torch (the same weights, on the pipeline's device), or
+    # auto: onnxruntime, except on a GPU that onnxruntime has no provider for.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise UserError(f"detect.every must be a whole number >= 1, got {self.every!r}")
+        if self.backend not in ("auto", "onnxruntime", "torch"):
+            raise UserError(f"detect.backend must be auto, onnxruntime or torch, got {self.backend!r}")
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,7 @@ class Anonymizer:
         """``generator`` (generate mode only) is a ready ``GeneratorRuntime`` to use instead of
         loading ``config.generate.weights``; benchmarks pass one built from a temporary file."""
         self.config = config or AnonymizerConfig()
-        detect = self.config.detect
-        self.detector = CenterFaceDetector(
-            threshold=detect.threshold, scale=detect.scale, min_size=detect.min_size, nms_iou=detect.nms_iou
-        )
+        self.detector = CenterFaceDetector.from_config(self.config.detect, device=self.config.device)
         self.tracker = FaceTracker(self.config.track, self.config.smooth)
         self._frame_index = 0
         self._local_passes_left = 0  # frames until the next full-frame detection

