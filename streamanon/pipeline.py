@@ -100,7 +100,9 @@ class Anonymizer:
             return None
         from .generate.guard import IdentityGuard
 
-        return IdentityGuard(self.generator, self.postprocess, settings.guard_candidates, settings.guard_distance)
+        plausibility = self.detector.face_scores if settings.guard_plausibility else None
+        return IdentityGuard(self.generator, self.postprocess, settings.guard_candidates, settings.guard_distance,
+                             plausibility=plausibility)  # fmt: skip
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray:
         """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""

@@ -282,6 +282,29 @@ def test_guard_stops_at_the_first_safe_batch(guard_parts):
         IdentityGuard(runtime, ways, candidates=0)
 
 
+def test_guard_shows_the_most_plausible_of_the_safe_candidates(guard_parts):
+    """With a plausibility score, the choice among safe candidates is the best-scored one, not
+    the farthest; the score sees exactly the crops the distances were measured on."""
+    runtime, face, ways = guard_parts
+    seen = []
+
+    def brightness(crops: np.ndarray) -> np.ndarray:
+        seen.append(crops.copy())
+        return crops[:, face.mask > 0].mean(axis=(1, 2))
+
+    guard = IdentityGuard(runtime, ways, candidates=BATCH, threshold=0.01, plausibility=brightness)
+    choice = guard.choose(face, seed=0)
+    assert choice.safe and choice.tried == BATCH and len(seen) == 1
+    scores = brightness(seen[0])
+    assert choice.attempt == int(np.argmax(scores))
+    expected = ways["full"](runtime([face], latents=choice.latent[None]), face.image[None], face.mask[None])[0]
+    assert np.array_equal(seen[0][choice.attempt], expected)
+    farthest = IdentityGuard(runtime, ways, candidates=BATCH, threshold=0.01).choose(face, seed=0)
+    assert farthest.distance >= choice.distance
+    if farthest.attempt != choice.attempt:  # the score, not the distance, decided
+        assert scores[farthest.attempt] < scores[choice.attempt]
+
+
 @pytest.mark.parametrize(
     ("accepted", "now", "kept"),
     [(0.75, 0.66, True), (0.75, 0.64, False), (0.62, 0.61, True), (0.62, 0.59, False), (0.64, 0.605, False)],
@@ -290,7 +313,7 @@ def test_a_recheck_holds_an_identity_to_the_bar_it_was_accepted_at(guard_parts, 
     runtime, face, ways = guard_parts
     guard = IdentityGuard(runtime, ways, candidates=2, threshold=0.6)
     choice = IdentityChoice(guard_latent(runtime, face, 0), 0, accepted, 2, True, "full")
-    monkeypatch.setattr(guard, "_distances", lambda *args: np.array([now]))
+    monkeypatch.setattr(guard, "_distances", lambda *args: (np.array([now]), None))
     assert guard.still_unlike(face, choice) is kept
 
 
@@ -322,7 +345,8 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert result.exit_code == 0, result.output
     assert "re-identified" in result.output and "guard:" in result.output
     figures = json.loads(json_path.read_text())
-    assert figures["faces"] == 1 and figures["guard"]["candidates"] == 2
+    assert figures["faces"] == 1 and figures["first_face"] == 0 and figures["guard"]["candidates"] == 2
+    assert figures["guard"]["plausibility"] == "centerface"
     for row in ("original", "raw", "unguarded", "output"):
         assert 0.0 <= figures[row]["reid_rate"] <= 1.0 and 0.0 <= figures[row]["detection_rate"] <= 1.0
         assert figures[row]["landmark_nme_mean"] >= 0.0
@@ -347,6 +371,21 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert "non-commercial research use only" in text and grid_path.name in text
     assert "--components 6" in text  # how to reproduce, from the fit's own options
     assert "| `talk.mp4` | 0.950 (meets >= 0.9) | 10.0 % | 0.0500 |" in text
+
+
+def test_validate_starts_where_asked_and_refuses_a_start_past_the_data(fitted, data_dir, tmp_path):
+    args = ["--weights", str(fitted), "--data", str(data_dir), "--count", "5", "--guard-farthest", "-q"]
+    figures_path = tmp_path / "v.json"
+    last = len(FaceShardDataset(data_dir, "val")) - 1
+    result = CliRunner().invoke(validate_command, args + ["--start", str(last), "--guard-candidates", "1",
+                                                         "--json", str(figures_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(figures_path.read_text())
+    validation_faces = figures["validation_faces"]
+    assert figures["first_face"] == last and figures["faces"] == 1  # count clipped to the faces left
+    assert figures["guard"]["plausibility"] is None
+    beyond = CliRunner().invoke(validate_command, args + ["--start", str(validation_faces)])
+    assert beyond.exit_code != 0 and "start must be in" in str(beyond.exception or beyond.output)
 
 
 def test_card_needs_the_validation_figures(tmp_path):

@@ -298,3 +298,20 @@ def test_torch_backend_on_cuda_matches_the_cpu(detector):
         _same_detections(detector(image), cuda(image))
     finally:
         torch.backends.cudnn.allow_tf32 = allowed
+
+
+def test_face_scores_rate_a_face_crop_above_a_faceless_one(detector):
+    """The guard's plausibility score: one run over same-size crops, the best confidence in each."""
+    face = cv2.resize(read_rgb(FACE), (128, 128), interpolation=cv2.INTER_AREA)
+    small = np.full((128, 128, 3), 128, np.uint8)
+    small[32:96, 32:96] = cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)  # the crop layout
+    grey = np.full((128, 128, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    scores = detector.face_scores(np.stack([small, grey, noise]))
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    assert scores[0] > 0.8 and scores[1] < 0.2 and scores[2] < 0.2
+    assert detector.face_scores(np.zeros((0, 128, 128, 3), np.uint8)).shape == (0,)
+    odd = detector.face_scores(small[None, :100, :120])  # sides padded to the network's multiple of 32
+    assert odd.shape == (1,) and 0.0 <= odd[0] <= 1.0
+    with pytest.raises(ValueError, match="crops"):
+        detector.face_scores(small)

@@ -378,6 +378,23 @@ class CenterFaceDetector:
             parts.append(_Candidates(found * back + np.tile(shift, 2), scores, points * back + shift, tier))
         return self._finish(parts, image.shape[:2])
 
+    def face_scores(self, crops: np.ndarray) -> np.ndarray:
+        """(N,) the network's highest face confidence in each of ``crops`` (N, S, S, 3) uint8 RGB,
+        in one run at their own size: how face-like a rendered face crop looks (0 to 1)."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"expected (N, S, S, 3) crops, got shape {crops.shape}")
+        if len(crops) == 0:
+            return np.zeros(0, np.float32)
+        h, w = crops.shape[1:3]
+        blob = np.zeros((len(crops), 3, -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN), np.float32)
+        blob[:, :, :h, :w] = crops.transpose(0, 3, 1, 2)
+        if self.net is not None:
+            heat = self._run_torch(blob)[0]
+        else:
+            heat = self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: blob})[0]
+        return heat.reshape(len(crops), -1).max(axis=1).astype(np.float32)
+
     def _run(self, images: list[np.ndarray], scale: float, coarse: bool) -> list["_Candidates"]:
         """One network pass over same-size images resized by ``scale``; frame-pixel candidates."""
         height, width = images[0].shape[:2]

@@ -188,23 +188,27 @@ def appearance_command(
               help="Generator weights [the shipped default].")  # fmt: skip
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data.")
 @click.option("--count", default=500, show_default=True, type=click.IntRange(1), help="Validation faces to use.")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(0), help="Index of the first of them.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base of the latent codes.")
 @click.option("--guard-candidates", default=32, show_default=True, type=click.IntRange(0, 1024),
               help="Identities the identity guard may try per face (0: no guard).")  # fmt: skip
+@click.option("--guard-plausibility/--guard-farthest", default=True, show_default=True,
+              help="Show the most face-like safe candidate (CenterFace) or the farthest from the original.")  # fmt: skip
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write figures here.")
 @click.option("--grid", "grid_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Sample grid PNG (rows: masked input / generated / post-processed / original).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def validate_command(
-    weights: Path | None, data: Path, count: int, seed: int, guard_candidates: int, json_path: Path | None,
-    grid_path: Path | None, quiet: bool,
+    weights: Path | None, data: Path, count: int, start: int, seed: int, guard_candidates: int,
+    guard_plausibility: bool, json_path: Path | None, grid_path: Path | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Acceptance figures of a generator on held-out faces: dlib detection rate, landmark NME,
     re-identification rate and diversity."""
     from .validate import validate_generator
 
     progress = not quiet and sys.stderr.isatty()
-    result = validate_generator(weights, data, count, seed, grid_path, progress, guard_candidates)
+    result = validate_generator(weights, data, count, seed, grid_path, progress, guard_candidates, guard_plausibility,
+                                start)  # fmt: skip
     if json_path is not None:
         _write_json(json_path, result)
     for name in ("original", "raw", "unguarded", "output"):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PhotometricConfig
+from ..errors import UserError
 from ..faces.align import face_mask
 from ..metrics.identity import REID_THRESHOLD as REID_DISTANCE
 from ..metrics.landmarks import pose_nme
@@ -101,13 +102,16 @@ def validate_generator(
     grid_path: str | Path | None = None,
     progress: bool = False,
     guard_candidates: int = 32,
+    guard_plausibility: bool = True,
+    start: int = 0,
 ) -> dict:
-    """Acceptance figures of generator ``weights`` on the first ``count`` validation faces.
+    """Acceptance figures of generator ``weights`` on ``count`` validation faces from ``start``.
 
     Rows: ``original`` (the judges on the real crops: the ceiling), ``raw`` (generator output,
     first latent), ``unguarded`` (+ photometric post-processing), ``output`` (what ``--mode
     generate`` shows: the identity guard's choice among ``guard_candidates`` latents, blurred
-    when none is safe; ``guard_candidates=0`` switches the guard off).
+    when none is safe; ``guard_candidates=0`` switches the guard off; ``guard_plausibility``:
+    whether the guard shows the most face-like safe candidate, by CenterFace, or the farthest).
     """
     from tqdm import tqdm
 
@@ -122,12 +126,18 @@ def validate_generator(
     data = FaceShardDataset(data_dir, "val")
     if data.resolution != size:
         raise ValueError(f"validation data is {data.resolution} px but the generator is {size} px")
-    count = min(count, len(data))
+    if not 0 <= start < len(data):
+        raise UserError(f"start must be in [0, {len(data)}) for these {len(data)} validation faces, got {start}")
+    count = min(count, len(data) - start)
     judge = FaceJudge()
     photometric_config = PhotometricConfig()
     ways = postprocessings(photometric, photometric_config)
     postprocess = ways["full"]
-    guard = IdentityGuard(runtime, ways, guard_candidates, REID_DISTANCE, judge.embedder) if guard_candidates else None
+    guard = None
+    if guard_candidates:
+        # The pipeline's own detector scores plausibility (dlib's HOG, the judge, stays independent).
+        plausibility = judge.centerface.face_scores if guard_plausibility else None
+        guard = IdentityGuard(runtime, ways, guard_candidates, REID_DISTANCE, judge.embedder, plausibility)
     started = time.perf_counter()
     rows: dict[str, list[FaceResult]] = {"original": [], "raw": [], "unguarded": [], "output": []}
     diversity: list[float] = []
@@ -136,7 +146,7 @@ def validate_generator(
     strict = 0
     bold = 0
     grid_rows: list[list[np.ndarray]] = [[], [], [], [], []]
-    for index in tqdm(range(count), desc="validating", disable=not progress, unit="face"):
+    for index in tqdm(range(start, start + count), desc="validating", disable=not progress, unit="face"):
         crop, landmarks = data.raw(index)
         mask = face_mask(landmarks, size)
         face = AlignedFace(track_id=index, image=crop, matrix=np.eye(2, 3), landmarks=landmarks, mask=mask)
@@ -168,12 +178,14 @@ def validate_generator(
                 row.append(image)
     summary = {
         "faces": count,
+        "first_face": start,
         "validation_faces": len(data),
         "seed": seed,
         "weights": Path(runtime_weights_name(weights)).name,
         "photometric": {k: getattr(photometric_config, k) for k in photometric_config.__dataclass_fields__},
         "guard": {
             "candidates": guard_candidates,
+            "plausibility": "centerface" if guard is not None and guard_plausibility else None,
             "threshold": REID_DISTANCE,
             "mean_tried": round(float(np.mean(tried)), 2) if tried else None,
             "unsafe_rate": round(unsafe / count, 4) if guard is not None else None,
