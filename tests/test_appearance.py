@@ -362,9 +362,13 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
         "original": "/x/talk.mp4", "temporal": {"identity_stability": {"mean": 0.95}},
         "metrics": {"reid": {"mean": 0.1}, "pose_nme": {"mean": 0.05}},
     }]}))  # fmt: skip
+    untuned = dict(figures, first_face=3)  # figures on other faces, in their own file beside the weights
+    fitted.with_suffix(".validation-untuned.json").write_text(json.dumps(untuned))
     card = CliRunner().invoke(card_command, [str(fitted), "--clip-eval", str(clip)], catch_exceptions=False)
     assert card.exit_code == 0, card.output
     text = fitted.with_suffix(".md").read_text()
+    assert "the one CenterFace finds most face-like" in text and "Faces 0-0 of the held-out set" in text
+    assert "| shown, faces 3-3 (not used to tune the guard) |" in text
     shown = figures["output"]
     assert f"{100 * shown['reid_rate']:.1f} %" in text and f"{shown['landmark_nme_mean']:.4f}" in text
     assert "misses" in text or "meets" in text
