@@ -23,6 +23,9 @@ Mode = Literal["generate", "blur", "pixelate", "solid"]
 MODES: tuple[str, ...] = ("generate", "blur", "pixelate", "solid")
 
 
+DETECT_BACKENDS = ("auto", "onnxruntime", "torch")
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """CenterFace detection."""
@@ -43,8 +46,8 @@ class DetectConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise UserError(f"detect.every must be a whole number >= 1, got {self.every!r}")
-        if self.backend not in ("auto", "onnxruntime", "torch"):
-            raise UserError(f"detect.backend must be auto, onnxruntime or torch, got {self.backend!r}")
+        if self.backend not in DETECT_BACKENDS:
+            raise UserError(f"detect.backend must be one of {', '.join(DETECT_BACKENDS)}, got {self.backend!r}")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
+from ..config import DETECT_BACKENDS
 from ..errors import UserError
 from ..models import resolve_model
 from ..types import Detections
@@ -53,9 +54,6 @@ RELIABLE_SIDE = 256.0
 # face's side, resized to ROI_INPUT px, so the face reaches the net at ~80 px whatever its size.
 ROI_INPUT = 128
 ROI_CONTEXT = 2.0
-
-
-BACKENDS = ("auto", "onnxruntime", "torch")
 
 
 def _wants_torch(device: str) -> bool:
@@ -237,8 +235,8 @@ class CenterFaceDetector:
         backend: str = "auto",
         device: str = "cpu",
     ) -> None:
-        if backend not in BACKENDS:
-            raise UserError(f"detection backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend not in DETECT_BACKENDS:
+            raise UserError(f"detection backend must be one of {', '.join(DETECT_BACKENDS)}, got {backend!r}")
         if not 0.0 < threshold < 1.0:
             raise UserError(f"detection threshold must be in (0, 1), got {threshold}")
         if scale is not None and not 0.0 < scale <= 8.0:
@@ -389,10 +387,7 @@ class CenterFaceDetector:
         h, w = crops.shape[1:3]
         blob = np.zeros((len(crops), 3, -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN), np.float32)
         blob[:, :, :h, :w] = crops.transpose(0, 3, 1, 2)
-        if self.net is not None:
-            heat = self._run_torch(blob)[0]
-        else:
-            heat = self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: blob})[0]
+        heat = self._network(blob)[0]
         return heat.reshape(len(crops), -1).max(axis=1).astype(np.float32)
 
     def _run(self, images: list[np.ndarray], scale: float, coarse: bool) -> list["_Candidates"]:
@@ -421,11 +416,14 @@ class CenterFaceDetector:
     def _infer(self, blob: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One network run over ``blob`` (B, 3, H, W); per image: boxes, scores, keypoints in
         network-input pixels."""
-        if self.net is not None:
-            heat, size, offset, kps = self._run_torch(blob)
-        else:
-            heat, size, offset, kps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
+        heat, size, offset, kps = self._network(blob)
         return [decode(heat[b], size[b], offset[b], kps[b], self.threshold) for b in range(len(blob))]
+
+    def _network(self, blob: np.ndarray) -> list[np.ndarray]:
+        """The raw outputs (heatmap, log-size, offset, keypoints) for ``blob``, by either backend."""
+        if self.net is not None:
+            return self._run_torch(blob)
+        return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
 
     def _run_torch(self, blob: np.ndarray) -> list[np.ndarray]:
         import torch
