@@ -114,8 +114,8 @@ class GenerateConfig:
     # distance to the original below which a candidate counts as re-identified. 0 switches it off.
     guard_candidates: int = 32
     guard_distance: float = 0.6
-    # Among the safe candidates, show the one CenterFace finds most face-like (costs one detector
-    # run per batch of 8 candidates, only when a track is new or its identity is replaced);
+    # Among the safe candidates, show the one CenterFace finds most face-like (one detector run over
+    # the candidates past the chosen bar, only when a track is new or its identity is replaced);
     # false: the farthest from the original.
     guard_plausibility: bool = True
     # Seconds between the guard's checks of a shown identity against the current view (a face that

@@ -566,3 +566,18 @@ def test_encoder_error_on_its_thread_reaches_the_caller_and_leaves_no_output(tmp
         transcode(small_clip, out_dir / "out.mp4", wrong_size_at_4, FAST)
     assert list(out_dir.iterdir()) == []
     assert sha256(small_clip) == before
+
+
+def test_transcode_decodes_and_encodes_on_their_own_threads(tmp_path, small_clip):
+    """While a frame is processed, the decoding and encoding threads are running."""
+    import threading
+
+    names: set[str] = set()
+
+    def look(frame: Frame) -> np.ndarray:
+        names.update(t.name for t in threading.enumerate())
+        return frame.image
+
+    transcode(small_clip, tmp_path / "out.mp4", look, FAST)
+    assert {"streamanon-decode", "streamanon-encode"} <= names
+    assert not any(t.name.startswith("streamanon-") for t in threading.enumerate())  # both stopped after

@@ -160,16 +160,16 @@ class IdentityGuard:
         rounds = [(name, 1.0) for name in self.postprocess] + [(name, BOLD_SCALE) for name in self.postprocess]
         for name, scale in rounds:
             scaled = (codes * scale).astype(np.float32)
-            distances, scores = [], []
+            distances, crops = [], []
             for start in range(0, self.candidates, BATCH):
                 batch_distances, shown = self._distances(face, scaled[start : start + BATCH], name, view, reference)
                 distances.append(batch_distances)
-                scores.append(batch_distances if self.plausibility is None else self.plausibility(shown))
+                crops.append(shown)
                 tried += len(batch_distances)
                 if batch_distances.max() >= self.threshold + MARGIN:
                     break
-            distance, score = np.concatenate(distances), np.concatenate(scores)
-            k = self._pick(distance, score)
+            distance = np.concatenate(distances)
+            k = self._pick(distance, np.concatenate(crops))
             if k is not None:
                 return IdentityChoice(scaled[k], k, float(distance[k]), tried, True, name, scale)
             k = int(np.argmax(distance))
@@ -178,12 +178,14 @@ class IdentityGuard:
         assert farthest is not None
         return replace(farthest, tried=tried)
 
-    def _pick(self, distance: np.ndarray, score: np.ndarray) -> int | None:
-        """The most plausible candidate past the highest bar any candidate reaches; None if none is safe."""
+    def _pick(self, distance: np.ndarray, crops: np.ndarray) -> int | None:
+        """The most plausible candidate past the highest bar any candidate reaches (the farthest
+        without a plausibility score); None if none is safe. Only those candidates are scored."""
         for bar in (self.threshold + MARGIN, self.threshold + PREFERRED_MARGIN, self.threshold):
-            past = distance >= bar
-            if past.any():
-                return int(np.argmax(np.where(past, score, -np.inf)))
+            past = np.flatnonzero(distance >= bar)
+            if len(past):
+                score = distance[past] if self.plausibility is None else self.plausibility(crops[past])
+                return int(past[np.argmax(score)])
         return None
 
     def still_unlike(self, face: AlignedFace, choice: IdentityChoice, view: View | None = None) -> bool:
