@@ -180,15 +180,40 @@ def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.
             (as in :class:`~streamanon.types.AlignedFace`), invertible.
         crop_alpha: ``(S, S)`` float32 in [0, 1].
     """
+    placement = paste_region(frame.shape, matrix_frame_to_crop, crop.shape[:2], crop_alpha)
+    if placement is None:
+        return
+    roi, local = placement
+    x1, y1, x2, y2 = roi
+    size = (x2 - x1, y2 - y1)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    # Replicated border for the colour: alpha is what ends the face, not a dark fringe.
+    warped = cv2.warpAffine(crop, local, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    warped_alpha = cv2.warpAffine(
+        np.asarray(crop_alpha, dtype=np.float32), local, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    blend(frame, warped.reshape(size[1], size[0], -1), warped_alpha, box=roi)
+
+
+def paste_region(
+    frame_shape: tuple[int, ...], matrix_frame_to_crop: np.ndarray, crop_shape: tuple[int, ...], crop_alpha: np.ndarray
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Where :func:`paste_aligned` writes: the frame's integer region of interest and the
+    ``(2, 3)`` affine from that region's pixels to crop pixels; ``None`` when nothing lands.
+
+    The region is the frame's bounding box of the crop's alpha support grown by one crop pixel
+    (bilinear sampling reaches that far), clipped to the frame. Shared by the CPU and the torch
+    compositor so both touch exactly the same pixels.
+    """
     matrix = np.asarray(matrix_frame_to_crop, dtype=np.float64)
     if matrix.shape != (2, 3):
         raise ValueError(f"matrix must be (2, 3), got {matrix.shape}")
     crop_alpha = np.asarray(crop_alpha, dtype=np.float32)
-    if crop.shape[:2] != crop_alpha.shape:
-        raise ValueError(f"crop {crop.shape[:2]} and crop_alpha {crop_alpha.shape} differ in size")
+    if tuple(crop_shape[:2]) != crop_alpha.shape:
+        raise ValueError(f"crop {tuple(crop_shape[:2])} and crop_alpha {crop_alpha.shape} differ in size")
     rows, cols = np.nonzero(crop_alpha > 0)
     if rows.size == 0:
-        return
+        return None
     linear, shift = matrix[:, :2], matrix[:, 2]
     if abs(np.linalg.det(linear)) < 1e-12:
         raise ValueError("matrix_frame_to_crop is singular")
@@ -197,15 +222,10 @@ def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.
     cx0, cy0, cx1, cy1 = cols.min() - 1, rows.min() - 1, cols.max() + 1, rows.max() + 1
     corners = np.array([[cx0, cy0], [cx1, cy0], [cx1, cy1], [cx0, cy1]], dtype=np.float64)
     in_frame = (corners - shift) @ inverse.T
-    roi = clip_box((*in_frame.min(axis=0), *(in_frame.max(axis=0) + 1.0)), frame.shape)
+    roi = clip_box((*in_frame.min(axis=0), *(in_frame.max(axis=0) + 1.0)), frame_shape)
     if roi is None:
-        return
-    x1, y1, x2, y2 = roi
+        return None
+    x1, y1 = roi[0], roi[1]
     # Frame pixel p = p_roi + (x1, y1), so the crop is sampled at M p = A p_roi + (A (x1, y1) + t).
     local = np.concatenate([linear, (linear @ np.array([x1, y1], dtype=np.float64) + shift)[:, None]], axis=1)
-    size = (x2 - x1, y2 - y1)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    # Replicated border for the colour: alpha is what ends the face, not a dark fringe.
-    warped = cv2.warpAffine(crop, local, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    warped_alpha = cv2.warpAffine(crop_alpha, local, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    blend(frame, warped.reshape(size[1], size[0], -1), warped_alpha, box=roi)
+    return roi, local

@@ -122,8 +122,14 @@ class GenerateConfig:
     # turns or changes expression can come closer to its original); 0 = as often as possible (one
     # check a frame: with several faces they take turns).
     guard_check_seconds: float = 0.2
+    # Where generated faces are post-processed and pasted into the frame: "device" keeps them on the
+    # generator's device (the frame's face region is uploaded once and downloaded once per frame),
+    # "host" copies them to host memory first; "auto" is "device" on CUDA, "host" otherwise.
+    composite: Literal["auto", "host", "device"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.composite not in ("auto", "host", "device"):
+            raise UserError(f"generate.composite must be auto, host or device, got '{self.composite}'")
         if self.guard_candidates < 0:
             raise UserError(f"generate.guard_candidates must be >= 0, got {self.guard_candidates}")
         if self.guard_check_seconds < 0:

@@ -174,3 +174,48 @@ def test_an_identity_that_fails_its_check_is_replaced(frames):
     _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))
     assert len(chosen) == 1 and stats.generated == 1
+
+
+def _two_faces(frames) -> list[np.ndarray]:
+    import cv2
+
+    return [np.hstack([cv2.resize(f, (256, 256)), cv2.resize(f[:, ::-1], (256, 256))]) for f in frames]
+
+
+def _run_two_faces(pair, composite: str, strict_track: int | None = None) -> list[np.ndarray]:
+    """Two frames of two faces; optionally the second frame shows one track with colour transfer only."""
+    from dataclasses import replace
+
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.composite": composite}))  # fmt: skip
+    first, stats = anonymizer.process_frame(Frame(pair[0], 0))
+    assert stats.generated == 2
+    if strict_track is not None:
+        tid = sorted(anonymizer._identities)[strict_track]
+        anonymizer._identities[tid] = replace(anonymizer._identities[tid], postprocess="strict")
+    second, stats = anonymizer.process_frame(Frame(pair[1], 1))
+    assert stats.generated == 2
+    return [first, second]
+
+
+def test_compositing_on_the_device_matches_the_host_path(frames):
+    """composite = device keeps generated faces as tensors (CPU tensors here, CUDA on a GPU) from
+    the generator to the paste; only rounding may differ from the OpenCV path."""
+    pair = _two_faces(frames[:2])
+    for strict_track in (None, 1):  # one post-processing for both faces, then one each
+        host = _run_two_faces(pair, "host", strict_track)
+        device = _run_two_faces(pair, "device", strict_track)
+        for h, d, original in zip(host, device, pair):
+            assert np.abs(h.astype(int) - d).max() <= 1
+            assert (d != original).any(axis=-1).sum() > 5000  # both faces were replaced
+    # The mixed frame really shows the second face another way.
+    assert np.abs(_run_two_faces(pair, "host")[1].astype(int) - host[1]).max() > 10
+
+
+def test_composite_setting_reaches_the_summary_and_rejects_bad_values():
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.composite": "device"}))
+    assert anonymizer.backend_name.endswith(", composite on cpu)")
+    auto = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
+    assert "composite on" not in auto.backend_name  # auto: the host on a CPU run
+    with pytest.raises(UserError, match="generate.composite"):
+        AnonymizerConfig().with_overrides({"generate.composite": "gpu"})

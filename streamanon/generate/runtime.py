@@ -207,14 +207,25 @@ class GeneratorRuntime:
         track_ids: Sequence[int] | None = None,
         latents: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Fake faces for aligned crops -> (B, S, S, 3) uint8 RGB.
+        """Fake faces for aligned crops -> (B, S, S, 3) uint8 RGB host array.
 
         Each face's latent is ``latents[i]`` when given (B, latent_dim), else the track latent
         of ``track_ids[i]``; ``track_ids`` default to each face's own ``track_id``.
         """
+        return self.generate_faces(aligned, track_ids, latents).cpu().numpy()
+
+    @torch.inference_mode()
+    def generate_faces(
+        self,
+        aligned: Sequence[AlignedFace],
+        track_ids: Sequence[int] | None = None,
+        latents: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`__call__`, but the faces stay where they were made: a (B, S, S, 3) uint8
+        tensor on the runtime's device (the pipeline composites them there on a GPU)."""
         size = self.resolution
         if len(aligned) == 0:
-            return np.zeros((0, size, size, 3), np.uint8)
+            return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=self.device)
         if track_ids is None:
             track_ids = [face.track_id for face in aligned]
         if len(track_ids) != len(aligned):
@@ -235,7 +246,7 @@ class GeneratorRuntime:
         codes = self.latents(track_ids) if latents is None else torch.from_numpy(np.asarray(latents, np.float32))
         out = self.generate(crop, mask[:, None], landmarks, codes)
         out = out.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return out.permute(0, 2, 3, 1).contiguous()
 
     # ----------------------------------------------------------------- TensorRT
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
