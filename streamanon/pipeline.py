@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .composite import feather, paste_aligned
+from .composite import paste_aligned
 from .config import AnonymizerConfig
 from .errors import UserError
 from .faces.detect import CenterFaceDetector
@@ -72,10 +72,13 @@ class Anonymizer:
             self.landmarks = LandmarkPredictor()
             from .generate.guard import postprocessings
 
+            from .generate.compose import FaceCompositor
+
             self.photometric = get_backend(self.config.device)
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
+            self.compositor = FaceCompositor(self.generator, self.postprocess, self.config.replace.feather,
+                                             self.config.generate.composite)  # fmt: skip
             self.guard = self._build_guard()
-            self._composite_on_device = _composite_on_device(self.config.generate.composite, self.generator.device)
         # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
         self._check_at: dict[int, float] = {}
@@ -84,7 +87,7 @@ class Anonymizer:
     def backend_name(self) -> str:
         """What replaces faces: the generator backend in generate mode, else the mode."""
         if self._generate:
-            where = f", composite on {self.generator.device}" if self._composite_on_device else ""
+            where = f", composite on {self.compositor.where}" if self.compositor.on_device else ""
             return f"generate ({self.generator.backend_name}{where})"
         return self.config.mode
 
@@ -194,73 +197,11 @@ class Anonymizer:
                 aligned, latents, ways = self._identities_for(image, aligned, t)
             if not aligned:
                 return set()
-            if self._composite_on_device:
-                self._replace_on_device(image, out, aligned, latents, ways, timer)
-            else:
-                with timer.stage("generate"):
-                    fakes = self.generator(aligned, latents=latents)
-                with timer.stage("photometric"):
-                    shown = self._postprocess(fakes, aligned, ways)
-                with timer.stage("composite"):
-                    for face, fake in zip(aligned, shown):
-                        paste_aligned(out, fake, face.matrix, self._alpha(face))
+            self.compositor(image, out, aligned, latents, ways, timer)
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
         return {face.track_id for face in aligned}
-
-    def _postprocess(self, fakes, aligned: list[AlignedFace], ways: list[str]):
-        """Each face through its post-processing (``ways[i]``); ``fakes`` (B, S, S, 3) uint8 is a
-        NumPy or a CuPy array, and the result is of the same kind."""
-        originals = np.stack([face.image for face in aligned])
-        masks = np.stack([face.mask for face in aligned])
-        names = list(dict.fromkeys(ways))
-        if len(names) == 1:
-            return self.postprocess[names[0]](fakes, originals, masks)
-        shown = fakes.copy()
-        for name in names:
-            rows = np.array([i for i, way in enumerate(ways) if way == name])
-            shown[rows] = self.postprocess[name](fakes[rows], originals[rows], masks[rows])
-        return shown
-
-    def _replace_on_device(
-        self, image: np.ndarray, out: np.ndarray, aligned: list[AlignedFace], latents: np.ndarray, ways: list[str],
-        timer: StageClock,
-    ) -> None:
-        """Generate, post-process and paste on the generator's device: the faces never cross to the
-        host; the frame's region under them goes up once and comes back once."""
-        import torch
-
-        from . import composite_torch
-        from .composite import paste_region
-        from .photometric.tensors import from_backend, to_backend
-
-        with torch.inference_mode():
-            with timer.stage("generate"):
-                fakes = self.generator.generate_faces(aligned, latents=latents)
-            with timer.stage("photometric"):
-                shown = from_backend(self._postprocess(to_backend(fakes), aligned, ways), fakes.device)
-            with timer.stage("composite"):
-                alphas = [self._alpha(face) for face in aligned]
-                placements = [paste_region(image.shape, face.matrix, face.image.shape, alpha)
-                              for face, alpha in zip(aligned, alphas)]  # fmt: skip
-                rois = np.array([roi for roi, _ in filter(None, placements)])
-                if not len(rois):
-                    return
-                x0, y0 = rois[:, :2].min(axis=0)
-                x1, y1 = rois[:, 2:].max(axis=0)
-                region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
-                for face, fake, alpha in zip(aligned, shown, alphas):
-                    # The region's pixel p is the frame's p + (x0, y0).
-                    matrix = np.asarray(face.matrix, np.float64).copy()
-                    matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
-                    composite_torch.paste_aligned(region, fake, matrix, alpha)
-                out[y0:y1, x0:x1] = region.cpu().numpy()
-
-    def _alpha(self, face: AlignedFace) -> np.ndarray:
-        """Paste-back alpha of a crop; the face spans about half the crop, so the soft edge is
-        ``replace.feather`` of the face size."""
-        return feather(face.mask, self.config.replace.feather * face.size / 2, outside_border=True)
 
     def _frame_view(self, image: np.ndarray, face: AlignedFace) -> View:
         """The guard's view of a face: a region of the frame around it, where a candidate is
@@ -277,7 +218,7 @@ class Anonymizer:
         region = image[y0:y1, x0:x1]
         matrix = np.asarray(face.matrix, np.float64).copy()
         matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region -> crop
-        alpha = self._alpha(face)
+        alpha = self.compositor.alpha(face)
 
         def paste(shown: np.ndarray) -> np.ndarray:
             composed = region.copy()
@@ -330,13 +271,6 @@ class Anonymizer:
                 ways.append(choice.postprocess)
         dim = self.generator.config.latent_dim
         return kept, np.stack(latents) if latents else np.zeros((0, dim), np.float32), ways
-
-
-def _composite_on_device(setting: str, device) -> bool:
-    """Whether generated faces are post-processed and pasted on the generator's device."""
-    if setting == "auto":
-        return getattr(device, "type", str(device)) == "cuda"
-    return setting == "device"
 
 
 @dataclass

@@ -202,12 +202,11 @@ def test_compositing_on_the_device_matches_the_host_path(frames):
     """composite = device keeps generated faces as tensors (CPU tensors here, CUDA on a GPU) from
     the generator to the paste; only rounding may differ from the OpenCV path."""
     pair = _two_faces(frames[:2])
-    for strict_track in (None, 1):  # one post-processing for both faces, then one each
-        host = _run_two_faces(pair, "host", strict_track)
-        device = _run_two_faces(pair, "device", strict_track)
-        for h, d, original in zip(host, device, pair):
-            assert np.abs(h.astype(int) - d).max() <= 1
-            assert (d != original).any(axis=-1).sum() > 5000  # both faces were replaced
+    host = _run_two_faces(pair, "host", strict_track=1)  # second frame: one post-processing per face
+    device = _run_two_faces(pair, "device", strict_track=1)
+    for h, d, original in zip(host, device, pair):
+        assert np.abs(h.astype(int) - d).max() <= 1
+        assert (d != original).any(axis=-1).sum() > 5000  # both faces were replaced
     # The mixed frame really shows the second face another way.
     assert np.abs(_run_two_faces(pair, "host")[1].astype(int) - host[1]).max() > 10
 

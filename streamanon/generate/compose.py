@@ -1,0 +1,127 @@
+"""From aligned faces and their latents to pixels of the output frame: generator, photometric
+post-processing, paste-back.
+
+Two paths with the same result (up to one grey level of rounding):
+
+- **host**: the generator's faces come back to host memory, the photometric backend takes NumPy
+  arrays (the CUDA backend uploads and downloads them itself) and OpenCV pastes them
+  (:func:`streamanon.composite.paste_aligned`);
+- **device**: the faces stay on the generator's device: the CuPy photometric backend takes the
+  tensors over DLPack, and :func:`streamanon.composite_torch.paste_aligned` pastes them into the
+  frame's face region, which goes up once and comes back once per frame.
+
+Needs no landmark predictor or video I/O, so the GPU-side cost of generate mode can be timed on
+its own (``benchmarks/bench_face_path.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from ..composite import feather, paste_aligned, paste_region
+from ..timing import NULL_TIMER, StageClock
+from ..types import AlignedFace
+
+Postprocess = Callable[[object, np.ndarray, np.ndarray], object]
+
+
+def composites_on_device(setting: Literal["auto", "host", "device"], device) -> bool:
+    """Whether ``setting`` (``generate.composite``) means the device path for a generator on ``device``."""
+    if setting == "auto":
+        return getattr(device, "type", str(device)) == "cuda"
+    return setting == "device"
+
+
+class FaceCompositor:
+    """Generates, post-processes and pastes the faces of one frame.
+
+    Args:
+        generator: a ``GeneratorRuntime``.
+        postprocess: ``name -> (fakes, originals, masks) -> faces``, as
+            :func:`streamanon.generate.guard.postprocessings` builds them.
+        feather: soft edge of the paste, as a fraction of the face size (``replace.feather``).
+        composite: ``generate.composite``: "auto" (device on CUDA), "host" or "device".
+    """
+
+    def __init__(self, generator, postprocess: dict[str, Postprocess], feather: float,
+                 composite: Literal["auto", "host", "device"] = "auto") -> None:  # fmt: skip
+        self.generator = generator
+        self.postprocess = postprocess
+        self.feather = float(feather)
+        self.on_device = composites_on_device(composite, generator.device)
+
+    @property
+    def where(self) -> str:
+        """Where faces are composited, for run summaries: "host" or the device's name."""
+        return str(self.generator.device) if self.on_device else "host"
+
+    def alpha(self, face: AlignedFace) -> np.ndarray:
+        """Paste-back alpha of a crop; the face spans about half the crop, so the soft edge is
+        ``feather`` of the face size."""
+        return feather(face.mask, self.feather * face.size / 2, outside_border=True)
+
+    def __call__(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
+                 ways: Sequence[str], timer: StageClock = NULL_TIMER) -> None:  # fmt: skip
+        """Paste the generated faces of ``aligned`` into ``out`` (a copy of ``image``), in place.
+
+        ``latents[i]`` (B, latent_dim) is face i's identity and ``ways[i]`` the name of its
+        post-processing. Stages are timed as generate, photometric and composite.
+        """
+        if not len(aligned):
+            return
+        if self.on_device:
+            self._on_device(image, out, aligned, latents, ways, timer)
+            return
+        with timer.stage("generate"):
+            fakes = self.generator(aligned, latents=latents)
+        with timer.stage("photometric"):
+            shown = self.postprocessed(fakes, aligned, ways)
+        with timer.stage("composite"):
+            for face, fake in zip(aligned, shown):
+                paste_aligned(out, fake, face.matrix, self.alpha(face))
+
+    def postprocessed(self, fakes, aligned: Sequence[AlignedFace], ways: Sequence[str]):
+        """Each face through its post-processing (``ways[i]``); ``fakes`` (B, S, S, 3) uint8 is a
+        NumPy or a CuPy array, and the result is of the same kind."""
+        originals = np.stack([face.image for face in aligned])
+        masks = np.stack([face.mask for face in aligned])
+        names = list(dict.fromkeys(ways))
+        if len(names) == 1:
+            return self.postprocess[names[0]](fakes, originals, masks)
+        shown = fakes.copy()
+        for name in names:
+            rows = np.array([i for i, way in enumerate(ways) if way == name])
+            shown[rows] = self.postprocess[name](fakes[rows], originals[rows], masks[rows])
+        return shown
+
+    def _on_device(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
+                   ways: Sequence[str], timer: StageClock) -> None:  # fmt: skip
+        import torch
+
+        from .. import composite_torch
+        from ..photometric.tensors import from_backend, to_backend
+
+        with torch.inference_mode():
+            with timer.stage("generate"):
+                fakes = self.generator.generate_faces(aligned, latents=latents)
+            with timer.stage("photometric"):
+                shown = from_backend(self.postprocessed(to_backend(fakes), aligned, ways), fakes.device)
+            with timer.stage("composite"):
+                alphas = [self.alpha(face) for face in aligned]
+                placements = [paste_region(image.shape, face.matrix, face.image.shape, alpha)
+                              for face, alpha in zip(aligned, alphas)]  # fmt: skip
+                rois = np.array([roi for roi, _ in filter(None, placements)])
+                if not len(rois):
+                    return
+                x0, y0 = rois[:, :2].min(axis=0)
+                x1, y1 = rois[:, 2:].max(axis=0)
+                # One upload of the region under all faces, one download: overlapping faces are
+                # pasted in order, as on the host.
+                region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
+                for face, fake, alpha in zip(aligned, shown, alphas):
+                    matrix = np.asarray(face.matrix, np.float64).copy()
+                    matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region pixel -> crop
+                    composite_torch.paste_aligned(region, fake, matrix, alpha)
+                out[y0:y1, x0:x1] = region.cpu().numpy()

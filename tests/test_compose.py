@@ -1,0 +1,76 @@
+"""FaceCompositor with the shipped generator: the host and the device path give the same frame.
+
+Needs neither dlib nor video I/O, so the CUDA variant runs on the GPU machine too (it has the
+CuPy photometric backend but no dlib)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from streamanon.config import PhotometricConfig  # noqa: E402
+from streamanon.faces.align import face_mask, template  # noqa: E402
+from streamanon.generate.compose import FaceCompositor, composites_on_device  # noqa: E402
+from streamanon.generate.guard import postprocessings  # noqa: E402
+from streamanon.generate.runtime import load_generator  # noqa: E402
+from streamanon.photometric import get_backend  # noqa: E402
+from streamanon.types import AlignedFace  # noqa: E402
+
+S = 128
+
+
+def _scene(seed: int = 0) -> tuple[np.ndarray, list[AlignedFace]]:
+    """A smooth 320x240 frame and three faces on it, two of them overlapping, one cut by the edge."""
+    rng = np.random.default_rng(seed)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 4)
+    landmarks = template(S).astype(np.float32)
+    mask = face_mask(landmarks, S)
+    faces = []
+    for track_id, (cx, cy, scale, angle) in enumerate([(80, 100, 1.3, 0.1), (130, 120, 1.0, -0.2), (300, 40, 0.8, 0.0)]):
+        crop = cv2.GaussianBlur(rng.integers(60, 200, (S, S, 3), dtype=np.uint8), (0, 0), 2)
+        linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        matrix = np.concatenate([linear, (np.array([64.0, 64.0]) - linear @ [cx, cy])[:, None]], axis=1)
+        faces.append(AlignedFace(track_id, crop, matrix, landmarks.copy(), mask.copy()))
+    return frame, faces
+
+
+def _compose(device: str, composite: str, ways: list[str]) -> np.ndarray:
+    generator = load_generator(None, device=device, backend="eager")
+    post = postprocessings(get_backend(device), PhotometricConfig())
+    compositor = FaceCompositor(generator, post, feather=0.25, composite=composite)
+    frame, faces = _scene()
+    latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
+    out = frame.copy()
+    compositor(frame, out, faces, latents, ways)
+    return out
+
+
+def test_device_path_on_cpu_tensors_matches_the_host_path():
+    frame, _ = _scene()
+    for ways in (["full"] * 3, ["full", "strict", "full"]):
+        host = _compose("cpu", "host", ways)
+        device = _compose("cpu", "device", ways)
+        assert np.abs(host.astype(int) - device).max() <= 1
+        assert (device != frame).any(axis=-1).sum() > 5000
+        assert np.array_equal(device[200:, :40], frame[200:, :40])  # far from every face
+
+
+def test_where_faces_are_composited():
+    assert composites_on_device("auto", torch.device("cuda")) and not composites_on_device("auto", torch.device("cpu"))
+    assert composites_on_device("device", torch.device("cpu")) and not composites_on_device("host", torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_path_matches_the_cuda_host_path():
+    pytest.importorskip("cupy")
+    frame, _ = _scene()
+    ways = ["full", "strict", "full"]
+    device = _compose("cuda", "device", ways)  # CuPy photometric on tensors, torch paste
+    host = _compose("cuda", "host", ways)  # CuPy photometric on host arrays, OpenCV paste
+    assert np.abs(host.astype(int) - device).max() <= 1
+    on_cpu = _compose("cpu", "host", ways)  # float16 generator and CUDA kernels vs the CPU reference
+    assert np.abs(on_cpu.astype(int) - device).mean() < 1.0
