@@ -231,6 +231,15 @@ def test_runtime_returns_uint8_crops_with_per_track_identities(weights):
     assert runtime([]).shape == (0, s, s, 3)
 
 
+def test_runtime_can_keep_its_faces_on_its_device(weights):
+    runtime = load_generator(weights, device="cpu", backend="eager")
+    faces = _aligned(TINY, [1, 2])
+    kept = runtime.generate_faces(faces)
+    assert isinstance(kept, torch.Tensor) and kept.dtype == torch.uint8 and kept.device == runtime.device
+    assert np.array_equal(kept.numpy(), runtime(faces))
+    assert tuple(runtime.generate_faces([]).shape) == (0, TINY.resolution, TINY.resolution, 3)
+
+
 def test_runtime_output_ignores_the_original_face(weights):
     runtime = load_generator(weights, backend="eager")
     faces = _aligned(TINY, [3])
