@@ -103,11 +103,14 @@ class Anonymizer:
         settings = self.config.generate
         if settings.guard_candidates == 0:
             return None
-        from .generate.guard import IdentityGuard
+        from .faces.landmarks import NearestFaceLandmarks
+        from .generate.guard import OBSERVER_SIDE, IdentityGuard
 
         plausibility = self.detector.face_scores if settings.guard_plausibility else None
+        # The guard finds a candidate's own landmarks with this pipeline's detector and landmark stage.
+        observer = NearestFaceLandmarks(self.detector, self.landmarks, OBSERVER_SIDE)
         return IdentityGuard(self.generator, self.postprocess, settings.guard_candidates, settings.guard_distance,
-                             plausibility=plausibility)  # fmt: skip
+                             plausibility=plausibility, landmarks=settings.guard_landmarks, observer=observer)  # fmt: skip
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray:
         """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""

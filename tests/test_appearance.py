@@ -347,9 +347,11 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert "re-identified" in result.output and "guard:" in result.output
     figures = json.loads(json_path.read_text())
     assert figures["faces"] == 1 and figures["first_face"] == 0 and figures["guard"]["candidates"] == 2
-    assert figures["guard"]["plausibility"] == "centerface"
+    assert figures["guard"]["plausibility"] == "centerface" and figures["guard"]["landmarks"] == "both"
+    assert figures["guard"]["seconds_per_choice"] > 0.0
     for row in ("original", "raw", "unguarded", "output"):
         assert 0.0 <= figures[row]["reid_rate"] <= 1.0 and 0.0 <= figures[row]["detection_rate"] <= 1.0
+        assert 0.0 <= figures[row]["reid_rate_hog"] <= 1.0
         assert figures[row]["landmark_nme_mean"] >= 0.0
     assert figures["original"]["embedding_distance_mean"] < 0.2  # the original against itself
     assert figures["raw"]["embedding_distance_mean"] > figures["original"]["embedding_distance_mean"]
@@ -372,6 +374,9 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert "| shown, faces 3-3 (not used to tune the guard) |" in text
     shown = figures["output"]
     assert f"{100 * shown['reid_rate']:.1f} %" in text and f"{shown['landmark_nme_mean']:.4f}" in text
+    assert "re-identified, stock dlib landmarks" in text and "the smaller distance counts" in text
+    worse = max(shown["reid_rate"], shown["reid_rate_hog"])
+    assert f"re-identification {100 * worse:.1f} % (the larger of the two estimates" in text
     assert "misses" in text or "meets" in text
     assert "non-commercial research use only" in text and grid_path.name in text
     assert "--components 6" in text  # how to reproduce, from the fit's own options
@@ -382,13 +387,13 @@ def test_validate_starts_where_asked_and_refuses_a_start_past_the_data(fitted, d
     args = ["--weights", str(fitted), "--data", str(data_dir), "--count", "5", "--guard-farthest", "-q"]
     figures_path = tmp_path / "v.json"
     last = len(FaceShardDataset(data_dir, "val")) - 1
-    result = CliRunner().invoke(validate_command, args + ["--start", str(last), "--guard-candidates", "1",
-                                                         "--json", str(figures_path)])  # fmt: skip
+    own = ["--guard-candidates", "1", "--guard-landmarks", "own"]
+    result = CliRunner().invoke(validate_command, args + ["--start", str(last), *own, "--json", str(figures_path)])
     assert result.exit_code == 0, result.output
     figures = json.loads(figures_path.read_text())
     validation_faces = figures["validation_faces"]
     assert figures["first_face"] == last and figures["faces"] == 1  # count clipped to the faces left
-    assert figures["guard"]["plausibility"] is None
+    assert figures["guard"]["plausibility"] is None and figures["guard"]["landmarks"] == "own"
     beyond = CliRunner().invoke(validate_command, args + ["--start", str(validation_faces)])
     assert beyond.exit_code != 0 and "start must be in" in str(beyond.exception or beyond.output)
 

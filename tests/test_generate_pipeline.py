@@ -218,3 +218,10 @@ def test_composite_setting_reaches_the_summary_and_rejects_bad_values():
     assert "composite on" not in auto.backend_name  # auto: the host on a CPU run
     with pytest.raises(UserError, match="generate.composite"):
         AnonymizerConfig().with_overrides({"generate.composite": "gpu"})
+
+
+def test_the_guard_finds_candidates_landmarks_with_the_pipelines_own_stages(generated):
+    _, _, anonymizer = generated
+    guard = anonymizer.guard
+    assert guard.landmarks == "both"  # generate.guard_landmarks' default
+    assert guard.observer.detector is anonymizer.detector and guard.observer.predictor is anonymizer.landmarks

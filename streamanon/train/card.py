@@ -43,6 +43,28 @@ def _verdict(key: str, value: float) -> str:
     return f"{'meets' if ok else 'misses'} {op} {bound:g}"
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _row(label: str, row: dict) -> str:
+    """One line of the validation table (``reid_rate_hog`` is absent from older figures: n/a)."""
+    return (
+        f"| {label} | {100 * row['detection_rate']:.1f} % | {row['landmark_nme_mean']:.4f} | "
+        f"{_percent(row['reid_rate'])} | {_percent(row.get('reid_rate_hog'))} | {row['embedding_distance_mean']:.3f} |"
+    )
+
+
+def _guard_landmarks_text(mode: str) -> str:
+    """How the guard measured a candidate (``guard.landmarks`` of the validation figures)."""
+    return {
+        "condition": " The guard embeds each candidate at the original face's landmarks.",
+        "own": " The guard embeds each candidate at the landmarks our landmark stage finds on it, as the judge does.",
+        "both": " The guard embeds each candidate at the original face's landmarks and at those our landmark stage "
+                "finds on it, as the judge does; the smaller distance counts.",
+    }.get(mode, "")
+
+
 def clip_figures(evaluation: dict) -> tuple[str, float, float, float]:
     """(clip name, identity stability, re-identification rate, pose NME) of an eval JSON; the
     stability is the mean cosine of consecutive dlib embeddings of the generated face."""
@@ -97,30 +119,30 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
         "candidates, else blur"
         + ("; among the safe candidates, the one CenterFace finds most face-like)."
            if guard.get("plausibility") == "centerface" else "; among the safe candidates, the farthest).")
+        + _guard_landmarks_text(guard.get("landmarks", "condition"))
         + (f" Faces {val.get('first_face', 0)}-{val.get('first_face', 0) + val['faces'] - 1} of the held-out set."),
         "",
-        "| output | dlib HOG detects | landmark NME (68 pts, IOD) | dlib re-identified (< 0.6) | mean distance |",
-        "|---|---|---|---|---|",
+        "Re-identification (dlib distance < 0.6 to the original) is measured twice: embedded at the landmarks our "
+        "landmark stage finds on the output (CenterFace + calibrated dlib predictor, the judge of "
+        "`train validate`), and at those of dlib's stock pipeline (HOG box straight into the 68-point predictor), "
+        "an estimate the guard never sees.",
+        "",
+        "| output | dlib HOG detects | landmark NME (68 pts, IOD) | re-identified, our landmarks | "
+        "re-identified, stock dlib landmarks | mean distance |",
+        "|---|---|---|---|---|---|",
     ]
     names = {"original": "original crop", "raw": "generator", "unguarded": "+ photometric", "output": "shown (guarded)"}
     for key, label in names.items():
-        row = val[key]
-        lines.append(
-            f"| {label} | {100 * row['detection_rate']:.1f} % | {row['landmark_nme_mean']:.4f} | "
-            f"{100 * row['reid_rate']:.1f} % | {row['embedding_distance_mean']:.3f} |"
-        )
+        lines.append(_row(label, val[key]))
     untuned_path = weights.with_suffix(".validation-untuned.json")
     if untuned_path.is_file():
         # Faces that no choice of the guard's rules looked at: a check that those rules generalise.
         untuned = _read_json(untuned_path, "validation figures on untuned faces")
-        row = untuned["output"]
         first = untuned.get("first_face", 0)
-        lines.append(
-            f"| shown, faces {first}-{first + untuned['faces'] - 1} (not used to tune the guard) | "
-            f"{100 * row['detection_rate']:.1f} % | {row['landmark_nme_mean']:.4f} | {100 * row['reid_rate']:.1f} % | "
-            f"{row['embedding_distance_mean']:.3f} |"
-        )
+        lines.append(_row(f"shown, faces {first}-{first + untuned['faces'] - 1} (not used to tune the guard)",
+                          untuned["output"]))  # fmt: skip
     shown = val["output"]
+    reid = max(shown["reid_rate"], shown.get("reid_rate_hog", 0.0))  # the worse of the two estimates
     lines += [
         "",
         f"Guard: {guard['mean_tried']:.1f} candidates rendered per face; {100 * guard['strict_rate']:.1f} % of faces "
@@ -134,10 +156,10 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
         f"{100 * val['original']['detection_rate']:.1f} % of the original crops (128 px, many tight).",
         "",
         "Against the acceptance bounds (shown row): re-identification "
-        f"{100 * shown['reid_rate']:.1f} % ({_verdict('reid_rate', shown['reid_rate'])}), detection "
+        f"{100 * reid:.1f} % (the larger of the two estimates; {_verdict('reid_rate', reid)}), detection "
         f"{100 * shown['detection_rate']:.1f} % ({_verdict('detection_rate', shown['detection_rate'])}), landmark NME "
         f"{shown['landmark_nme_mean']:.4f} ({_verdict('landmark_nme_mean', shown['landmark_nme_mean'])}). The guard "
-        "measures with dlib, the same recogniser as the re-identification figure, so that figure is optimistic "
+        "measures with dlib, the same recogniser as the re-identification figures, so they are optimistic "
         "against other recognisers; the unguarded row is the generator's own.",
     ]
     if clip_evaluations:

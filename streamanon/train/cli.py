@@ -194,13 +194,17 @@ def appearance_command(
               help="Identities the identity guard may try per face (0: no guard).")  # fmt: skip
 @click.option("--guard-plausibility/--guard-farthest", default=True, show_default=True,
               help="Show the most face-like safe candidate (CenterFace) or the farthest from the original.")  # fmt: skip
+@click.option("--guard-landmarks", default="both", show_default=True,
+              type=click.Choice(["condition", "own", "both"]),
+              help="Where the guard embeds a candidate: at the original's landmarks, at those found on the candidate "
+                   "as shown (as the judge does), or both (the smaller distance counts).")  # fmt: skip
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write figures here.")
 @click.option("--grid", "grid_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Sample grid PNG (rows: masked input / generated / post-processed / original).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def validate_command(
     weights: Path | None, data: Path, count: int, start: int, seed: int, guard_candidates: int,
-    guard_plausibility: bool, json_path: Path | None, grid_path: Path | None, quiet: bool,
+    guard_plausibility: bool, guard_landmarks: str, json_path: Path | None, grid_path: Path | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Acceptance figures of a generator on held-out faces: dlib detection rate, landmark NME,
     re-identification rate and diversity."""
@@ -208,14 +212,15 @@ def validate_command(
 
     progress = not quiet and sys.stderr.isatty()
     result = validate_generator(weights, data, count, seed, grid_path, progress, guard_candidates, guard_plausibility,
-                                start)  # fmt: skip
+                                start, guard_landmarks)  # fmt: skip
     if json_path is not None:
         _write_json(json_path, result)
     for name in ("original", "raw", "unguarded", "output"):
         row = result[name]
         click.echo(
             f"{name:>9}: dlib detects {100 * row['detection_rate']:.1f} %, landmark NME {row['landmark_nme_mean']:.4f}, "
-            f"re-identified {100 * row['reid_rate']:.1f} % (mean distance {row['embedding_distance_mean']:.3f})"
+            f"re-identified {100 * row['reid_rate']:.1f} % (mean distance {row['embedding_distance_mean']:.3f}; "
+            f"at dlib's stock landmarks {100 * row['reid_rate_hog']:.1f} %)"
         )
     guard = result["guard"]
     if guard["candidates"]:
@@ -223,7 +228,8 @@ def validate_command(
             f"    guard: {guard['mean_tried']:.1f} candidates tried per face, "
             f"{100 * guard['strict_rate']:.1f} % shown with colour transfer only, "
             f"{100 * guard.get('bold_rate', 0.0):.1f} % with a bolder face, "
-            f"{100 * guard['unsafe_rate']:.1f} % blurred (no candidate unlike enough)"
+            f"{100 * guard['unsafe_rate']:.1f} % blurred (no candidate unlike enough); "
+            f"{1000 * guard['seconds_per_choice']:.0f} ms a choice ({guard['landmarks']} landmarks)"
         )
     click.echo(
         f"diversity: two tracks get faces {result['diversity_distance_mean']:.3f} apart "

@@ -11,6 +11,11 @@ colour-matches it, exactly as ``--mode generate`` does. On the result:
   (outer eye corners): does the new face show the requested pose and expression?
 * **re-identification**: dlib ResNet embedding of the output (at its own predicted landmarks,
   what an attacker would do) against the original's; distance < 0.6 is dlib's "same person".
+  ``reid_rate_hog`` is the same with dlib's stock landmark pipeline (the HOG detector's box
+  handed to the 68-point predictor as it is; where HOG finds nothing, the landmarks above): an
+  attacker whose landmarks the identity guard cannot have copied: by default (``--guard-landmarks
+  both``) the guard measures its candidates with this judge's own CenterFace and landmark stage
+  too, so the row's ``reid_rate`` no longer is an independent figure for the shown faces.
 * **diversity**: the distance between two latents' faces for the same condition (different
   tracks must get different people).
 
@@ -43,6 +48,7 @@ class FaceResult:
     nme: float
     distance: float
     embedding: np.ndarray  # (128,) dlib descriptor at the output's own landmarks
+    hog_distance: float  # the same distance at dlib's stock landmarks (HOG box; see the module docstring)
 
 
 class FaceJudge:
@@ -51,38 +57,41 @@ class FaceJudge:
     def __init__(self) -> None:
         from ..faces.detect import CenterFaceDetector
         from ..faces.embed import DlibHogDetector, default_embedder
-        from ..faces.landmarks import LandmarkPredictor
+        from ..faces.landmarks import LandmarkPredictor, NearestFaceLandmarks
 
         self.hog = DlibHogDetector(upsample=1)
         self.centerface = CenterFaceDetector(threshold=0.4, coarse_side=None)
         self.predictor = LandmarkPredictor()
+        self.nearest = NearestFaceLandmarks(self.centerface, self.predictor)
+        self.stock_predictor = LandmarkPredictor(conversion="none")  # dlib's own use: the HOG box as it is
         self.embedder = default_embedder()
 
     def landmarks(self, image: np.ndarray, condition: np.ndarray) -> np.ndarray:
-        """Predicted (68, 2) landmarks of the face nearest the condition's centre."""
-        found = self.centerface(image)
-        centre = condition.mean(axis=0)
-        if len(found):
-            centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
-            best = int(np.argmin(np.linalg.norm(centres - centre, axis=1)))
-            return self.predictor.predict(image, found.boxes[best : best + 1], found.keypoints[best : best + 1])[0]
-        # No CenterFace detection: let dlib place itself in the condition's box (a harder test).
-        lo, hi = condition.min(axis=0), condition.max(axis=0)
-        return self.predictor.predict(image, np.concatenate([lo, hi])[None].astype(np.float32))[0]
+        """Predicted (68, 2) landmarks of the face nearest the condition's centre (CenterFace +
+        the pipeline's landmark stage; without a detection, dlib placed in the condition's box)."""
+        return self.nearest([image], condition)[0]
 
     def judge(self, image: np.ndarray, condition: np.ndarray, reference_embedding: np.ndarray) -> FaceResult:
         predicted = self.landmarks(image, condition)
-        embedding = self.embedder.embed(image, predicted)
+        hog_boxes = self.hog(image)
+        stock = predicted
+        if len(hog_boxes):
+            centres = (hog_boxes[:, :2] + hog_boxes[:, 2:]) / 2
+            box = hog_boxes[int(np.argmin(np.linalg.norm(centres - condition.mean(axis=0), axis=1)))]
+            stock = self.stock_predictor.predict(image, (box - [0, 0, 1, 1])[None])[0]  # dlib's inclusive rect
+        embedding, stock_embedding = self.embedder.embed_many(image, np.stack([predicted, stock]))
         return FaceResult(
-            detected=len(self.hog(image)) > 0,
+            detected=len(hog_boxes) > 0,
             nme=pose_nme(condition, predicted),
             distance=float(np.linalg.norm(embedding - reference_embedding)),
             embedding=embedding,
+            hog_distance=float(np.linalg.norm(stock_embedding - reference_embedding)),
         )
 
 
 def _aggregate(results: list[FaceResult]) -> dict:
     distances = np.array([r.distance for r in results])
+    hog_distances = np.array([r.hog_distance for r in results])
     nmes = np.array([r.nme for r in results])
     return {
         "detection_rate": round(float(np.mean([r.detected for r in results])), 4),
@@ -91,6 +100,7 @@ def _aggregate(results: list[FaceResult]) -> dict:
         "reid_rate": round(float(np.mean(distances < REID_DISTANCE)), 4),
         "embedding_distance_mean": round(float(np.mean(distances)), 4),
         "embedding_distance_min": round(float(np.min(distances)), 4),
+        "reid_rate_hog": round(float(np.mean(hog_distances < REID_DISTANCE)), 4),
     }
 
 
@@ -104,6 +114,7 @@ def validate_generator(
     guard_candidates: int = 32,
     guard_plausibility: bool = True,
     start: int = 0,
+    guard_landmarks: str = "both",
 ) -> dict:
     """Acceptance figures of generator ``weights`` on ``count`` validation faces from ``start``.
 
@@ -111,7 +122,10 @@ def validate_generator(
     first latent), ``unguarded`` (+ photometric post-processing), ``output`` (what ``--mode
     generate`` shows: the identity guard's choice among ``guard_candidates`` latents, blurred
     when none is safe; ``guard_candidates=0`` switches the guard off; ``guard_plausibility``:
-    whether the guard shows the most face-like safe candidate, by CenterFace, or the farthest).
+    whether the guard shows the most face-like safe candidate, by CenterFace, or the farthest;
+    ``guard_landmarks``: where the guard embeds its candidates, see ``IdentityGuard``; it finds
+    a candidate's own landmarks with the judge's CenterFace and landmark predictor, as the
+    pipeline does with its own).
     """
     from tqdm import tqdm
 
@@ -137,11 +151,13 @@ def validate_generator(
     if guard_candidates:
         # The pipeline's own detector scores plausibility (dlib's HOG, the judge, stays independent).
         plausibility = judge.centerface.face_scores if guard_plausibility else None
-        guard = IdentityGuard(runtime, ways, guard_candidates, REID_DISTANCE, judge.embedder, plausibility)
+        guard = IdentityGuard(runtime, ways, guard_candidates, REID_DISTANCE, judge.embedder, plausibility,
+                              guard_landmarks, judge.nearest)  # fmt: skip
     started = time.perf_counter()
     rows: dict[str, list[FaceResult]] = {"original": [], "raw": [], "unguarded": [], "output": []}
     diversity: list[float] = []
     tried: list[int] = []
+    choice_seconds: list[float] = []
     unsafe = 0
     strict = 0
     bold = 0
@@ -155,7 +171,9 @@ def validate_generator(
         unguarded, other = postprocess(np.stack([raw, other]), np.stack([crop, crop]), np.stack([mask, mask]))
         output = unguarded
         if guard is not None:
+            choosing = time.perf_counter()
             choice = guard.choose(face, seed)
+            choice_seconds.append(time.perf_counter() - choosing)
             tried.append(choice.tried)
             strict += choice.safe and choice.postprocess != "full"
             bold += choice.safe and choice.scale != 1.0
@@ -187,6 +205,8 @@ def validate_generator(
             "candidates": guard_candidates,
             "plausibility": "centerface" if guard is not None and guard_plausibility else None,
             "threshold": REID_DISTANCE,
+            "landmarks": guard_landmarks if guard is not None else None,
+            "seconds_per_choice": round(float(np.mean(choice_seconds)), 4) if choice_seconds else None,
             "mean_tried": round(float(np.mean(tried)), 2) if tried else None,
             "unsafe_rate": round(unsafe / count, 4) if guard is not None else None,
             "strict_rate": round(strict / count, 4) if guard is not None else None,
