@@ -108,11 +108,26 @@ def main() -> None:
 
     resolutions = [tuple(int(v) for v in item.split("x")) for item in args.resolutions.split(",")]
     counts = [int(v) for v in args.face_counts.split(",")]
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
     generator = load_generator(args.weights, device=args.device, backend=args.backend, max_batch=max(counts))
     postprocess = postprocessings(get_backend(args.device), PhotometricConfig())
     pool = load_faces(args.data, max(counts), generator.resolution)
-    sync = sync_function("cuda" if args.device.startswith("cuda") else "cpu")
-    rows = []
+    sync = sync_function(kind)
+    when = datetime.now(timezone.utc)
+    report = {
+        "schema": "streamanon.bench.face_path/1",
+        "when": when.isoformat(timespec="seconds"),
+        "device": describe_device(kind),
+        "versions": versions(),
+        "generator": {"backend": generator.backend_name, "dtype": str(generator.dtype), "weights": args.weights},
+        "faces": "held-out shard" if (args.data / "meta.json").is_file() else "template",
+        "settings": {"frames": args.frames, "warmup": args.warmup, "repeats": args.repeats},
+        "target_ms_per_face": TARGET_MS_PER_FACE,
+        "unit": "seconds; percentiles per frame and per face, median over repeats",
+        "rows": [],
+    }
+    out = args.out or RESULTS / f"face-path-{device_slug(kind)}-{when:%Y-%m-%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for composite in args.composite.split(","):
         compositor = FaceCompositor(generator, postprocess, ReplaceConfig().feather, composite)
         for width, height in resolutions:
@@ -120,31 +135,15 @@ def main() -> None:
                 frame, aligned = scene(width, height, pool[:count])
                 latents = generator.latents(list(range(count))).cpu().numpy()
                 stages = time_case(compositor, frame, aligned, latents, args.frames, args.warmup, args.repeats, sync)
-                rows.append({"composite": compositor.where, "width": width, "height": height, "faces": count,
-                             "stages": stages})  # fmt: skip
+                report["rows"].append({"composite": compositor.where, "width": width, "height": height,
+                                       "faces": count, "stages": stages})  # fmt: skip
+                # Written after every row: a run stopped at a leased machine's time limit keeps what it measured.
+                out.write_text(json.dumps(report, indent=2) + "\n")
                 total = stages["total"]
                 print(f"{compositor.where:>8} {width}x{height} {count} faces: "
                       f"{total['per_face']['p50'] * 1e3:7.2f} ms/face p50, {total['per_frame']['p50'] * 1e3:7.2f} "
                       f"ms/frame p50, p99 {total['per_frame']['p99'] * 1e3:7.2f} ms", flush=True)  # fmt: skip
-
-    when = datetime.now(timezone.utc)
-    report = {
-        "schema": "streamanon.bench.face_path/1",
-        "when": when.isoformat(timespec="seconds"),
-        "device": describe_device("cuda" if args.device.startswith("cuda") else "cpu"),
-        "versions": versions(),
-        "generator": {"backend": generator.backend_name, "dtype": str(generator.dtype), "weights": args.weights},
-        "faces": "held-out shard" if (args.data / "meta.json").is_file() else "template",
-        "settings": {"frames": args.frames, "warmup": args.warmup, "repeats": args.repeats},
-        "target_ms_per_face": TARGET_MS_PER_FACE,
-        "unit": "seconds; percentiles per frame and per face, median over repeats",
-        "rows": rows,
-    }
-    out = args.out or RESULTS / f"face-path-{device_slug('cuda' if args.device.startswith('cuda') else 'cpu')}-"\
-        f"{when:%Y-%m-%d-%H%M%S}.json"  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(rows, generator.backend_name, report["device"]["description"])
+    print_table(report["rows"], generator.backend_name, report["device"]["description"])
     print(f"-> {out}")
 
 

@@ -260,3 +260,25 @@ def test_results_carry_no_machine_specific_paths(tmp_path):
     doc = {"clip": "/data/videos/a.mp4", "cmd": ["/opt/venv/bin/deface", "-o", "relative.mp4"], "n": 3}
     out = portable_paths(doc, base=Path("/data/project"))
     assert out == {"clip": "../videos/a.mp4", "cmd": ["../../opt/venv/bin/deface", "-o", "relative.mp4"], "n": 3}
+
+
+def test_face_path_benchmark_times_both_paste_paths_and_writes_json(tmp_path):
+    """benchmarks/bench_face_path.py, tiny: the template face (no shards), one face, both paths."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_face_path.py"
+    out = tmp_path / "face_path.json"
+    args = ["--resolutions", "320x180", "--face-counts", "1,2", "--frames", "2", "--warmup", "1", "--repeats", "1",
+            "--data", str(tmp_path / "no-shards"), "--out", str(out)]  # fmt: skip
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["faces"] == "template" and report["generator"]["backend"] == "eager"
+    assert [(r["composite"], r["faces"]) for r in report["rows"]] == [("host", 1), ("host", 2), ("cpu", 1), ("cpu", 2)]
+    for row in report["rows"]:
+        total = row["stages"]["total"]
+        assert all(row["stages"][stage]["per_frame"]["p50"] > 0 for stage in ("generate", "photometric", "composite"))
+        assert total["per_face"]["p50"] == pytest.approx(total["per_frame"]["p50"] / row["faces"])
+    assert "<= 5 ms/face" in run.stdout
