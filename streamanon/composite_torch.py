@@ -33,9 +33,15 @@ def paste_aligned(frame: torch.Tensor, crop: torch.Tensor, matrix_frame_to_crop:
     if crop.ndim != 3 or crop.shape[2] != frame.shape[2]:
         raise ValueError(f"crop must be (S, S, {frame.shape[2]}), got {tuple(crop.shape)}")
     placement = paste_region(tuple(frame.shape), matrix_frame_to_crop, tuple(crop.shape), crop_alpha)
-    if placement is None:
-        return
-    (x1, y1, x2, y2), local = placement
+    if placement is not None:
+        paste_placed(frame, crop, *placement, crop_alpha)
+
+
+def paste_placed(frame: torch.Tensor, crop: torch.Tensor, roi: tuple[int, int, int, int], local: np.ndarray,
+                 crop_alpha: np.ndarray) -> None:  # fmt: skip
+    """:func:`paste_aligned` where :func:`~streamanon.composite.paste_region` has already given
+    the region ``roi`` of ``frame`` and the affine ``local`` from its pixels to the crop's."""
+    x1, y1, x2, y2 = roi
     device = frame.device
     alpha = torch.from_numpy(np.ascontiguousarray(crop_alpha, dtype=np.float32)).to(device, non_blocking=True)
     # Colour and alpha as one 4-channel image, padded by one pixel: replicated colour (OpenCV's

@@ -112,7 +112,7 @@ class FaceCompositor:
                 alphas = [self.alpha(face) for face in aligned]
                 placements = [paste_region(image.shape, face.matrix, face.image.shape, alpha)
                               for face, alpha in zip(aligned, alphas)]  # fmt: skip
-                rois = np.array([roi for roi, _ in filter(None, placements)])
+                rois = np.array([placement[0] for placement in placements if placement is not None])
                 if not len(rois):
                     return
                 x0, y0 = rois[:, :2].min(axis=0)
@@ -120,8 +120,9 @@ class FaceCompositor:
                 # One upload of the region under all faces, one download: overlapping faces are
                 # pasted in order, as on the host.
                 region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
-                for face, fake, alpha in zip(aligned, shown, alphas):
-                    matrix = np.asarray(face.matrix, np.float64).copy()
-                    matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region pixel -> crop
-                    composite_torch.paste_aligned(region, fake, matrix, alpha)
+                for fake, alpha, placement in zip(shown, alphas, placements):
+                    if placement is not None:
+                        (rx1, ry1, rx2, ry2), local = placement  # local: ROI pixel -> crop, wherever the ROI is
+                        composite_torch.paste_placed(region, fake, (rx1 - x0, ry1 - y0, rx2 - x0, ry2 - y0), local,
+                                                     alpha)  # fmt: skip
                 out[y0:y1, x0:x1] = region.cpu().numpy()
