@@ -24,6 +24,12 @@ MODES: tuple[str, ...] = ("generate", "blur", "pixelate", "solid")
 
 
 DETECT_BACKENDS = ("auto", "onnxruntime", "torch")
+# Where the identity guard embeds a candidate (generate/guard.py) and where faces are composited
+# (generate/compose.py): the accepted values, defined once for the config, the classes and the CLI.
+GuardLandmarks = Literal["condition", "own", "both"]
+GUARD_LANDMARKS: tuple[str, ...] = ("condition", "own", "both")
+Composite = Literal["auto", "host", "device"]
+COMPOSITE_PLACES: tuple[str, ...] = ("auto", "host", "device")
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class GenerateConfig:
     # landmarks), "own" (those the pipeline's landmark stage finds on the candidate as shown, as an
     # attacker would) or "both" (the smaller distance counts: re-identification at dlib's stock
     # landmarks 4.8 -> 1.4 % on the validation faces, ~45 % more time per choice).
-    guard_landmarks: Literal["condition", "own", "both"] = "both"
+    guard_landmarks: GuardLandmarks = "both"
     # Seconds between the guard's checks of a shown identity against the current view (a face that
     # turns or changes expression can come closer to its original); 0 = as often as possible (one
     # check a frame: with several faces they take turns).
@@ -130,17 +136,19 @@ class GenerateConfig:
     # Where generated faces are post-processed and pasted into the frame: "device" keeps them on the
     # generator's device (the frame's face region is uploaded once and downloaded once per frame),
     # "host" copies them to host memory first; "auto" is "device" on CUDA, "host" otherwise.
-    composite: Literal["auto", "host", "device"] = "auto"
+    composite: Composite = "auto"
 
     def __post_init__(self) -> None:
-        if self.composite not in ("auto", "host", "device"):
-            raise UserError(f"generate.composite must be auto, host or device, got '{self.composite}'")
+        if self.composite not in COMPOSITE_PLACES:
+            raise UserError(f"generate.composite must be one of {', '.join(COMPOSITE_PLACES)}, got {self.composite!r}")
         if self.guard_candidates < 0:
             raise UserError(f"generate.guard_candidates must be >= 0, got {self.guard_candidates}")
         if self.guard_check_seconds < 0:
             raise UserError(f"generate.guard_check_seconds must be >= 0, got {self.guard_check_seconds}")
-        if self.guard_landmarks not in ("condition", "own", "both"):
-            raise UserError(f"generate.guard_landmarks must be condition, own or both, got {self.guard_landmarks!r}")
+        if self.guard_landmarks not in GUARD_LANDMARKS:
+            raise UserError(
+                f"generate.guard_landmarks must be one of {', '.join(GUARD_LANDMARKS)}, got {self.guard_landmarks!r}"
+            )
         if not 0.0 < self.guard_distance < 2.0:
             raise UserError(f"generate.guard_distance must be in (0, 2), got {self.guard_distance}")
 

@@ -16,18 +16,19 @@ its own (``benchmarks/bench_face_path.py``).
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..composite import feather, paste_aligned, paste_region
+from ..config import Composite
 from ..timing import NULL_TIMER, StageClock
 from ..types import AlignedFace
 
 Postprocess = Callable[[object, np.ndarray, np.ndarray], object]
 
 
-def composites_on_device(setting: Literal["auto", "host", "device"], device) -> bool:
+def composites_on_device(setting: Composite, device) -> bool:
     """Whether ``setting`` (``generate.composite``) means the device path for a generator on ``device``."""
     if setting == "auto":
         return getattr(device, "type", str(device)) == "cuda"
@@ -46,7 +47,7 @@ class FaceCompositor:
     """
 
     def __init__(self, generator, postprocess: dict[str, Postprocess], feather: float,
-                 composite: Literal["auto", "host", "device"] = "auto") -> None:  # fmt: skip
+                 composite: Composite = "auto") -> None:  # fmt: skip
         self.generator = generator
         self.postprocess = postprocess
         self.feather = float(feather)

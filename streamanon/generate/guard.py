@@ -66,11 +66,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 from types import ModuleType
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 
-from ..config import PhotometricConfig
+from ..config import GUARD_LANDMARKS, GuardLandmarks, PhotometricConfig
 from ..types import AlignedFace
 from .condition import track_latent
 
@@ -102,10 +102,6 @@ Plausibility = Callable[[np.ndarray], np.ndarray]
 # (images of one face, (68, 2) landmarks where it should be) -> (N, 68, 2) landmarks an observer
 # finds for it in each image (e.g. ``faces.landmarks.NearestFaceLandmarks``)
 Observer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]
-# Where a candidate is embedded: at the view's (the original face's) landmarks, at the landmarks an
-# observer finds on the candidate as shown, or both (the smaller distance counts).
-GuardLandmarks = Literal["condition", "own", "both"]
-GUARD_LANDMARKS: tuple[str, ...] = ("condition", "own", "both")
 
 
 def postprocessings(backend: ModuleType, settings: PhotometricConfig) -> dict[str, Postprocess]:

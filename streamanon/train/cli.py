@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..config import GUARD_LANDMARKS
 from ..errors import UserError
 
 
@@ -195,7 +196,7 @@ def appearance_command(
 @click.option("--guard-plausibility/--guard-farthest", default=True, show_default=True,
               help="Show the most face-like safe candidate (CenterFace) or the farthest from the original.")  # fmt: skip
 @click.option("--guard-landmarks", default="both", show_default=True,
-              type=click.Choice(["condition", "own", "both"]),
+              type=click.Choice(GUARD_LANDMARKS),
               help="Where the guard embeds a candidate: at the original's landmarks, at those found on the candidate "
                    "as shown (as the judge does), or both (the smaller distance counts).")  # fmt: skip
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write figures here.")
