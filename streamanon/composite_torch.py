@@ -60,12 +60,12 @@ def paste_placed(frame: torch.Tensor, crop: torch.Tensor, roi: tuple[int, int, i
 def _sampling_grid(local: np.ndarray, width: int, height: int, padded_size: int, device: torch.device) -> torch.Tensor:
     """grid_sample grid ``(1, h, w, 2)`` sampling the one-pixel-padded crop at ``local @ (x, y, 1)``
     for each region pixel; ``align_corners=True`` puts pixel centres at integers, as OpenCV does."""
-    matrix = torch.as_tensor(local, dtype=torch.float32, device=device)
+    # Crop pixel c -> padded pixel c + 1 -> normalised 2 (c + 1) / (P - 1) - 1, folded into the
+    # affine's coefficients on the host (plain floats: nothing extra goes to the device).
+    scale = 2.0 / (padded_size - 1)
+    (a, b, c), (d, e, f) = (np.asarray(local, np.float64) * scale).tolist()
+    c, f = c + scale - 1.0, f + scale - 1.0
     xs = torch.arange(width, dtype=torch.float32, device=device)
     ys = torch.arange(height, dtype=torch.float32, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    # Crop pixel c -> padded pixel c + 1 -> normalised 2 (c + 1) / (P - 1) - 1.
-    scale = 2.0 / (padded_size - 1)
-    cx = (matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2] + 1.0) * scale - 1.0
-    cy = (matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2] + 1.0) * scale - 1.0
-    return torch.stack([cx, cy], dim=-1)[None]
+    return torch.stack([a * gx + b * gy + c, d * gx + e * gy + f], dim=-1)[None]
