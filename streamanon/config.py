@@ -41,7 +41,7 @@ class DetectConfig:
     min_size: float = 10.0  # drop boxes smaller than this (pixels, original frame)
     nms_iou: float = 0.3
     # Full-frame detection every this many frames; in between, only regions around the faces
-    # already tracked are searched (~10 ms a face instead of ~90 ms a 640x360 frame on 2 CPU
+    # already tracked are searched (~5 ms a face instead of ~35 ms a 640x360 frame on 2 CPU
     # cores). Known faces stay covered every frame; a face entering the picture is found up to
     # every - 1 frames late. 1 = full frame every frame.
     every: int = 1
