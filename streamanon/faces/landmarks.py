@@ -229,7 +229,7 @@ class NearestFaceLandmarks:
         predictor: a :class:`LandmarkPredictor`.
         detect_side: images whose longer side exceeds this are detected at that size (the
             predictor still sees them whole): CenterFace on a 512 px region of a frame costs
-            ~120 ms on 2 CPU cores, ~10 ms at 160 px. ``None``: at their own size.
+            ~55 ms on 2 CPU cores, ~5 ms at 160 px. ``None``: at their own size.
     """
 
     def __init__(self, detector, predictor: LandmarkPredictor, detect_side: int | None = None) -> None:

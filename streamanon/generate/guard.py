@@ -49,7 +49,8 @@ landmarks (HOG box -> 68-point predictor, an estimate the guard does not share) 
 choice (128 px crops, 2 CPU cores, interleaved on 20 faces): 466 / 713 / 682 ms; the observer
 costs ~12 ms a candidate there (CenterFace ~7 ms, dlib's predictor ~4 ms). In a frame the view
 is larger (a 260 px face of a 512 px clip: a 483x512 region): CenterFace at full size would cost
-~120 ms a candidate, hence detection at ``OBSERVER_SIDE`` (~10 ms). ``"both"`` is the configured
+~120 ms a candidate, hence detection at ``OBSERVER_SIDE`` (~10 ms; ~55 and ~5 ms since the
+detector's graph fix). ``"both"`` is the configured
 default; the class's own default stays ``"condition"`` (no observer needed).
 
 Only the index of the chosen candidate depends on the original face: at most
