@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from streamanon.bench.environment import describe_device, device_slug, sync_func
 from streamanon.bench.scenes import face_side, grid
 from streamanon.bench.stats import median_of_summaries, summarize_stage
 from streamanon.config import PhotometricConfig, ReplaceConfig
+from streamanon.errors import UserError
 from streamanon.faces.align import face_mask, template
 from streamanon.generate.compose import FaceCompositor
 from streamanon.generate.guard import postprocessings
@@ -163,4 +165,7 @@ def print_table(rows: list[dict], backend: str, device: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # no CUDA, no weights, bad sizes: one line, not a traceback
+        sys.exit(f"error: {exc}")
