@@ -52,6 +52,9 @@ class Anonymizer:
         self.config = config or AnonymizerConfig()
         self.detector = CenterFaceDetector.from_config(self.config.detect, device=self.config.device)
         self.tracker = FaceTracker(self.config.track, self.config.smooth)
+        # With the torch detector, each frame goes to its device once, for detection and (generate
+        # mode, device compositing) the paste-back: no host resize, no second upload.
+        self._frame_device = self.detector.tensor_device
         self._frame_index = 0
         self._local_passes_left = 0  # frames until the next full-frame detection
         self._generate = self.config.mode == "generate"
@@ -79,6 +82,7 @@ class Anonymizer:
             self.compositor = FaceCompositor(self.generator, self.postprocess, self.config.replace.feather,
                                              self.config.generate.composite)  # fmt: skip
             self.guard = self._build_guard()
+        self._pastes_on_device = self._generate and self.compositor.on_device
         # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
         self._check_at: dict[int, float] = {}
@@ -120,8 +124,9 @@ class Anonymizer:
     def process_frame(self, frame: Frame, timer: StageClock = NULL_TIMER) -> tuple[np.ndarray, FrameStats]:
         """Anonymize ``frame``; returns the new image and what was done to it.
 
-        ``timer.stage(name)`` wraps each stage (detect, track, landmarks, align, generate,
-        photometric, composite, copy, hide); see :mod:`streamanon.timing`.
+        ``timer.stage(name)`` wraps each stage (upload, with the torch detector; detect, track,
+        landmarks, align, guard, generate, photometric, composite, copy, hide); see
+        :mod:`streamanon.timing`.
         """
         image = frame.image
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -129,8 +134,15 @@ class Anonymizer:
         t = frame.time if frame.time is not None else frame.index / DEFAULT_FPS
         self._frame_index = frame.index + 1
 
+        frame_tensor = None
+        if self._frame_device is not None and (self._local_passes_left == 0 or self._pastes_on_device):
+            import torch
+
+            with timer.stage("upload"):
+                # A copy even on the CPU: the device paste writes into it.
+                frame_tensor = torch.from_numpy(image).to(self._frame_device, copy=True)
         with timer.stage("detect"):
-            detections = self._detect(image, t)
+            detections = self._detect(image, t, frame_tensor)
         with timer.stage("track"):
             tracks = self.tracker.update(detections, t)
         with timer.stage("copy"):
@@ -141,7 +153,7 @@ class Anonymizer:
 
         to_hide: list[TrackedFace] = list(tracks)
         if self._generate:
-            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t, timer)
+            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t, timer, frame_tensor)
             stats.generated = len(generated)
             to_hide = [tr for tr in tracks if tr.track_id not in generated]
             stats.fallback = sum(tr.detected for tr in to_hide)
@@ -153,13 +165,16 @@ class Anonymizer:
                     hide_face(out, track.cover_box, fallback_mode, self.config.replace)
         return out, stats
 
-    def _detect(self, image: np.ndarray, t: float):
-        """Full-frame detection every ``detect.every`` frames; in between, only around the faces
-        the tracker expects (a face it loses there coasts and stays hidden)."""
+    def _detect(self, image: np.ndarray, t: float, frame_tensor=None):
+        """Full-frame detection every ``detect.every`` frames (on ``frame_tensor``, the frame on
+        the detector's device, when given); in between, only around the faces the tracker
+        expects (a face it loses there coasts and stays hidden)."""
         if self._local_passes_left > 0:
             self._local_passes_left -= 1
             return self.detector.detect_around(image, self.tracker.predicted_boxes(t))
         self._local_passes_left = self.config.detect.every - 1
+        if frame_tensor is not None:
+            return self.detector.detect_tensor(frame_tensor)
         return self.detector(image)
 
     def hide_known_faces(self, image: np.ndarray) -> np.ndarray:
@@ -174,9 +189,11 @@ class Anonymizer:
         return out
 
     def _generate_faces(
-        self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, timer: StageClock = NULL_TIMER
+        self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, timer: StageClock = NULL_TIMER,
+        frame_tensor=None,
     ) -> set[int]:
-        """Replace detected faces by generated ones in ``out``; return the track ids done."""
+        """Replace detected faces by generated ones in ``out``; return the track ids done.
+        ``frame_tensor``: ``image`` on the detector's device, which the device paste may reuse."""
         if not tracks:
             return set()
         from .faces.align import align_face
@@ -200,7 +217,7 @@ class Anonymizer:
                 aligned, latents, ways = self._identities_for(image, aligned, t)
             if not aligned:
                 return set()
-            self.compositor(image, out, aligned, latents, ways, timer)
+            self.compositor(image, out, aligned, latents, ways, timer, frame=frame_tensor)
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()

@@ -58,6 +58,24 @@ def test_device_path_on_cpu_tensors_matches_the_host_path():
         assert np.array_equal(device[200:, :40], frame[200:, :40])  # far from every face
 
 
+def test_a_frame_already_on_the_device_is_pasted_into_and_gives_the_same_pixels():
+    """The pipeline uploads each frame once (for the PyTorch detector) and hands it over: the paste
+    goes into that tensor instead of an uploaded region, with the same result."""
+    generator = load_generator(None, device="cpu", backend="eager")
+    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    frame, faces = _scene()
+    before = frame.copy()
+    latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
+    uploaded_region, given_frame = frame.copy(), frame.copy()
+    compositor(frame, uploaded_region, faces, latents, ["full"] * 3)
+    tensor = torch.from_numpy(frame).clone()
+    compositor(frame, given_frame, faces, latents, ["full"] * 3, frame=tensor)
+    assert np.array_equal(given_frame, uploaded_region)
+    assert (given_frame != before).any(axis=-1).sum() > 5000
+    assert np.array_equal(frame, before)  # the input image is never written
+    assert not torch.equal(tensor, torch.from_numpy(before))  # the device copy is
+
+
 def test_where_faces_are_composited():
     assert composites_on_device("auto", torch.device("cuda")) and not composites_on_device("auto", torch.device("cpu"))
     assert composites_on_device("device", torch.device("cpu")) and not composites_on_device("host", torch.device("cuda"))

@@ -294,6 +294,33 @@ def test_torch_backend_gives_onnxruntimes_outputs(detector, torch_detector):
     _same_detections(detector.detect_around(street, boxes), torch_detector.detect_around(street, boxes))
 
 
+def test_detect_tensor_finds_the_faces_of_the_host_path(torch_detector, detector):
+    """A frame already on the device (here a CPU tensor), resized there as OpenCV would: the same
+    faces, at full size and shrunk (1080p); the resize itself within one grey level of OpenCV's."""
+    torch = pytest.importorskip("torch")
+    street = read_video_frames("videos/street_1080p_multi.mp4", [10])[0]
+    for image in (read_rgb("images/multiface.jpg"), street):
+        host, device = torch_detector(image), torch_detector.detect_tensor(torch.from_numpy(image))
+        assert len(host) == len(device) > 0
+        order = [int(np.argmax(box_iou(box, device.boxes)[0])) for box in host.boxes]
+        assert sorted(order) == list(range(len(device)))
+        np.testing.assert_allclose(device.boxes[order], host.boxes, atol=0.05)
+        np.testing.assert_allclose(device.keypoints[order], host.keypoints, atol=0.05)
+    from streamanon.faces.detect import _resize_like_opencv
+
+    as_tensor = torch.from_numpy(street).permute(2, 0, 1)[None].float()
+    for size, interpolation in (((1280, 720), cv2.INTER_AREA), ((853, 480), cv2.INTER_AREA),
+                                ((2000, 1125), cv2.INTER_LINEAR)):  # fmt: skip
+        expected = cv2.resize(street, size, interpolation=interpolation)
+        got = _resize_like_opencv(as_tensor, size[1], size[0])[0].permute(1, 2, 0).numpy()
+        # OpenCV blends uint8 with 11-bit fixed-point weights when enlarging: more ties round apart.
+        assert np.abs(got - expected).max() <= 1 and np.abs(got - expected).mean() < (0.01 if size[0] < 1920 else 0.15)
+    with pytest.raises(UserError, match="torch detection backend"):
+        detector.detect_tensor(torch.from_numpy(street))
+    with pytest.raises(UserError, match=r"\(H, W, 3\) uint8 tensor"):
+        torch_detector.detect_tensor(torch.zeros(8, 8, 3))
+
+
 def test_auto_backend_keeps_onnxruntime_on_the_cpu_and_bad_choices_fail_clearly():
     assert CenterFaceDetector(backend="auto", device="cpu").backend == "onnxruntime"
     with pytest.raises(UserError, match="detection backend"):

@@ -225,6 +225,32 @@ def test_detect_every_keeps_known_faces_hidden_between_full_passes():
     assert counter.full == 6  # a reset starts with a full pass
 
 
+def test_torch_detector_takes_each_full_pass_frame_uploaded_once():
+    """detect.backend = torch: frames of full passes go to its device once (stage "upload") and are
+    resized there; local passes need no upload in blur mode. The faces are those of the onnxruntime
+    detector, and the input frames are left as they were."""
+    pytest.importorskip("torch")
+    from streamanon.timing import StageTimer
+
+    frames = decode_rgb(shared_path("videos/street_1080p_multi.mp4"))[:4]
+    before = [f.copy() for f in frames]
+    outputs = {}
+    for backend in ("onnxruntime", "torch"):
+        anonymizer = Anonymizer(load_config(overrides={"replace.mode": "blur", "detect.every": 3,
+                                                       "detect.backend": backend}))  # fmt: skip
+        timer, uploads, outputs[backend] = StageTimer(), [], []
+        for index, image in enumerate(frames):
+            out, _ = anonymizer.process_frame(Frame(image, index, pts=index, time_base=Fraction(1, 25)), timer)
+            uploads.append("upload" in timer.take())
+            boxes = np.array([tr.raw_box for tr in anonymizer.tracker.tracks if tr.detected])
+            outputs[backend].append(boxes[np.lexsort(boxes.T[::-1])])
+        assert uploads == ([True, False, False, True] if backend == "torch" else [False] * 4)
+    for a, b in zip(outputs["onnxruntime"], outputs["torch"]):
+        assert len(a) == len(b) >= 6
+        np.testing.assert_allclose(a, b, atol=0.05)
+    assert all(np.array_equal(f, b) for f, b in zip(frames, before))
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_detect_every_must_be_a_positive_whole_number(bad):
     with pytest.raises(UserError, match="detect.every"):

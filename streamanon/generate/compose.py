@@ -8,7 +8,8 @@ Two paths with the same result (up to one grey level of rounding):
   (:func:`streamanon.composite.paste_aligned`);
 - **device**: the faces stay on the generator's device: the CuPy photometric backend takes the
   tensors over DLPack, and :func:`streamanon.composite_torch.paste_aligned` pastes them into the
-  frame's face region, which goes up once and comes back once per frame.
+  frame's face region, which comes back once per frame (and goes up once, unless the caller
+  passes the frame already on the device).
 
 Needs no landmark predictor or video I/O, so the GPU-side cost of generate mode can be timed on
 its own (``benchmarks/bench_face_path.py``).
@@ -64,16 +65,19 @@ class FaceCompositor:
         return feather(face.mask, self.feather * face.size / 2, outside_border=True)
 
     def __call__(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
-                 ways: Sequence[str], timer: StageClock = NULL_TIMER) -> None:  # fmt: skip
+                 ways: Sequence[str], timer: StageClock = NULL_TIMER, frame=None) -> None:  # fmt: skip
         """Paste the generated faces of ``aligned`` into ``out`` (a copy of ``image``), in place.
 
         ``latents[i]`` (B, latent_dim) is face i's identity and ``ways[i]`` the name of its
-        post-processing. Stages are timed as generate, photometric and composite.
+        post-processing. ``frame``: ``image`` already on the generator's device, as an (H, W, 3)
+        uint8 tensor (the pipeline uploads each frame once); the device path pastes into it
+        (it is modified) instead of uploading the region under the faces. Stages are timed as
+        generate, photometric and composite.
         """
         if not len(aligned):
             return
         if self.on_device:
-            self._on_device(image, out, aligned, latents, ways, timer)
+            self._on_device(image, out, aligned, latents, ways, timer, frame)
             return
         with timer.stage("generate"):
             fakes = self.generator(aligned, latents=latents)
@@ -98,7 +102,7 @@ class FaceCompositor:
         return shown
 
     def _on_device(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
-                   ways: Sequence[str], timer: StageClock) -> None:  # fmt: skip
+                   ways: Sequence[str], timer: StageClock, frame) -> None:  # fmt: skip
         import torch
 
         from .. import composite_torch
@@ -118,9 +122,12 @@ class FaceCompositor:
                     return
                 x0, y0 = rois[:, :2].min(axis=0)
                 x1, y1 = rois[:, 2:].max(axis=0)
-                # One upload of the region under all faces, one download: overlapping faces are
-                # pasted in order, as on the host.
-                region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
+                # The region under all faces goes up once (unless the frame is there already) and
+                # comes back once: overlapping faces are pasted in order, as on the host.
+                if frame is not None and frame.device == fakes.device:
+                    region = frame[y0:y1, x0:x1]
+                else:
+                    region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
                 for fake, alpha, placement in zip(shown, alphas, placements):
                     if placement is not None:
                         (rx1, ry1, rx2, ry2), local = placement  # local: ROI pixel -> crop, wherever the ROI is
