@@ -133,6 +133,11 @@ class GenerateConfig:
     # turns or changes expression can come closer to its original); 0 = as often as possible (one
     # check a frame: with several faces they take turns).
     guard_check_seconds: float = 0.2
+    # Choose a new track's identity (and replace one that fails its re-check) on a background
+    # thread while the face stays blurred, instead of holding up the frame for ~1 s on 2 CPU cores.
+    # Unset: on for live streams with --latency realtime, off elsewhere (files come out the same on
+    # every run).
+    guard_background: bool | None = None
     # Where generated faces are post-processed and pasted into the frame: "device" keeps them on the
     # generator's device (the frame's face region is uploaded once and downloaded once per frame),
     # "host" copies them to host memory first; "auto" is "device" on CUDA, "host" otherwise.
@@ -143,6 +148,8 @@ class GenerateConfig:
             raise UserError(f"generate.composite must be one of {', '.join(COMPOSITE_PLACES)}, got {self.composite!r}")
         if self.guard_candidates < 0:
             raise UserError(f"generate.guard_candidates must be >= 0, got {self.guard_candidates}")
+        if self.guard_background not in (None, True, False):
+            raise UserError(f"generate.guard_background must be true or false, got {self.guard_background!r}")
         if self.guard_check_seconds < 0:
             raise UserError(f"generate.guard_check_seconds must be >= 0, got {self.guard_check_seconds}")
         if self.guard_landmarks not in GUARD_LANDMARKS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,11 @@ class Anonymizer:
         # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
         self._check_at: dict[int, float] = {}
+        # generate.guard_background: choices being made on the guard's thread, per track.
+        self._choosing: dict[int, Future] = {}
+        self._guard_thread: ThreadPoolExecutor | None = None
+        if self._generate and self.guard is not None and self.config.generate.guard_background:
+            self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
 
     @property
     def backend_name(self) -> str:
@@ -95,6 +101,11 @@ class Anonymizer:
             return f"generate ({self.generator.backend_name}{where})"
         return self.config.mode
 
+    @property
+    def chooses_in_background(self) -> bool:
+        """Whether the identity guard chooses new tracks' identities on its own thread."""
+        return self._guard_thread is not None
+
     def reset(self) -> None:
         """Forget all tracks (call between unrelated clips)."""
         self.tracker.reset()
@@ -102,6 +113,9 @@ class Anonymizer:
         self._local_passes_left = 0
         self._identities.clear()
         self._check_at.clear()
+        for pending in self._choosing.values():
+            pending.cancel()
+        self._choosing.clear()
 
     def _build_guard(self) -> IdentityGuard | None:
         settings = self.config.generate
@@ -223,9 +237,10 @@ class Anonymizer:
             return set()
         return {face.track_id for face in aligned}
 
-    def _frame_view(self, image: np.ndarray, face: AlignedFace) -> View:
+    def _frame_view(self, image: np.ndarray, face: AlignedFace, copy: bool = False) -> View:
         """The guard's view of a face: a region of the frame around it, where a candidate is
-        pasted exactly as the composite stage will paste it."""
+        pasted exactly as the composite stage will paste it. ``copy``: the region is copied, for a
+        view used after the caller may have reused the frame's buffer (the guard's thread)."""
         from .faces.align import points_to_frame
         from .generate.guard import View
 
@@ -235,7 +250,7 @@ class Anonymizer:
         height, width = image.shape[:2]
         x0, y0 = (max(0, int(np.floor(v - pad))) for v in lo)
         x1, y1 = min(width, int(np.ceil(hi[0] + pad))), min(height, int(np.ceil(hi[1] + pad)))
-        region = image[y0:y1, x0:x1]
+        region = image[y0:y1, x0:x1].copy() if copy else image[y0:y1, x0:x1]
         matrix = np.asarray(face.matrix, np.float64).copy()
         matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region -> crop
         alpha = self.compositor.alpha(face)
@@ -256,7 +271,9 @@ class Anonymizer:
         Without a guard every track uses its own latent. With one, a new track gets the guard's
         choice, which is checked again every ``generate.guard_check_seconds`` (at most
         ``RECHECKS_PER_FRAME`` checks a frame, the most overdue first) and replaced when it fails;
-        a track it refused is left out (so it is blurred) until a retry finds a safe one.
+        a track it refused is left out (so it is blurred) until a retry finds a safe one. With
+        ``generate.guard_background`` the choices (not the re-checks) run on the guard's thread and
+        the track is left out until its choice is in, so no frame waits for one.
         """
         if self.guard is None:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
@@ -265,6 +282,10 @@ class Anonymizer:
         for stale in [tid for tid in self._identities if tid not in known]:
             self._identities.pop(stale)
             self._check_at.pop(stale, None)
+        for stale in [tid for tid in self._choosing if tid not in known]:
+            self._choosing.pop(stale).cancel()
+        for tid in [tid for tid, pending in self._choosing.items() if pending.done()]:
+            self._take_background_choice(tid, self._choosing.pop(tid), t)
         due = sorted(
             (self._check_at[face.track_id], face.track_id)
             for face in aligned
@@ -274,23 +295,50 @@ class Anonymizer:
         kept, latents, ways = [], [], []
         for face in aligned:
             tid = face.track_id
+            if tid in self._choosing:
+                continue  # blurred until the guard's thread has its identity
             choice = self._identities.get(tid)
             if choice is None or tid in check_now:
-                view = self._frame_view(image, face)
+                background = self._guard_thread is not None
+                view = self._frame_view(image, face, copy=background)
                 if choice is None or not choice.safe or not self.guard.still_unlike(face, choice, view):
-                    choice = self.guard.choose(face, self.config.generate.seed, view)
-                    if not choice.safe:
-                        log.info("track %d: no candidate identity is unlike the original (best distance %.3f); "
-                                 "blurring it", tid, choice.distance)  # fmt: skip
-                self._identities[tid] = choice
-                wait = self.config.generate.guard_check_seconds if choice.safe else GUARD_RETRY_SECONDS
-                self._check_at[tid] = t + wait
+                    if background:
+                        # Fail closed meanwhile: the face is left out (blurred) until the choice is in.
+                        self._identities.pop(tid, None)
+                        self._choosing[tid] = self._guard_thread.submit(
+                            self.guard.choose, face, self.config.generate.seed, view)
+                        continue
+                    choice = self._record_choice(tid, self.guard.choose(face, self.config.generate.seed, view), t)
+                else:
+                    self._check_at[tid] = t + self.config.generate.guard_check_seconds
             if choice.safe:
                 kept.append(face)
                 latents.append(choice.latent)
                 ways.append(choice.postprocess)
         dim = self.generator.config.latent_dim
         return kept, np.stack(latents) if latents else np.zeros((0, dim), np.float32), ways
+
+    def _record_choice(self, tid: int, choice: IdentityChoice, t: float) -> IdentityChoice:
+        """Keep the guard's ``choice`` for track ``tid`` and schedule its next look at it."""
+        if not choice.safe:
+            log.info("track %d: no candidate identity is unlike the original (best distance %.3f); blurring it",
+                     tid, choice.distance)  # fmt: skip
+        self._identities[tid] = choice
+        wait = self.config.generate.guard_check_seconds if choice.safe else GUARD_RETRY_SECONDS
+        self._check_at[tid] = t + wait
+        return choice
+
+    def _take_background_choice(self, tid: int, pending: Future, t: float) -> None:
+        """The result of a choice made on the guard's thread; a failed one is retried later
+        (the face stays blurred meanwhile)."""
+        from .generate.guard import IdentityChoice
+
+        try:
+            self._record_choice(tid, pending.result(), t)
+        except Exception:  # noqa: BLE001 - a failed choice only delays the generated face
+            log.exception("track %d: choosing an identity failed; blurring it and retrying", tid)
+            refused = IdentityChoice(np.zeros(0, np.float32), -1, 0.0, 0, False, "")
+            self._record_choice(tid, refused, t)
 
 
 @dataclass

@@ -176,6 +176,55 @@ def test_an_identity_that_fails_its_check_is_replaced(frames):
     assert len(chosen) == 1 and stats.generated == 1
 
 
+def _wait_for_choices(anonymizer: Anonymizer) -> None:
+    for pending in list(anonymizer._choosing.values()):
+        pending.result(timeout=120)
+
+
+def test_background_choices_blur_a_new_face_until_its_identity_is_in(frames):
+    """generate.guard_background (live streams): no frame waits for the guard's choice; the new
+    face is blurred like any fallback until the choice, made from the frame it appeared in,
+    arrives; then it is the identity the guard picks in the foreground."""
+    foreground = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
+    foreground.process_frame(Frame(frames[0], 0))
+    (expected,) = foreground._identities.values()
+
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_background": True}))  # fmt: skip
+    blurred, stats = anonymizer.process_frame(Frame(frames[0], 0))
+    assert stats.generated == 0 and stats.fallback == 1 and len(anonymizer._choosing) == 1
+    blur = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "blur"})).process(frames[0])
+    assert np.array_equal(blurred, blur)  # hidden exactly as blur mode hides it
+    _wait_for_choices(anonymizer)
+    _, stats = anonymizer.process_frame(Frame(frames[1], 1))
+    assert stats.generated == 1 and not anonymizer._choosing
+    (chosen,) = anonymizer._identities.values()
+    assert chosen.attempt == expected.attempt and np.array_equal(chosen.latent, expected.latent)
+
+
+def test_guard_background_setting_is_checked():
+    assert AnonymizerConfig().generate.guard_background is None  # unset: live realtime streams turn it on
+    with pytest.raises(UserError, match="generate.guard_background"):
+        AnonymizerConfig().with_overrides({"generate.guard_background": "yes"})
+
+
+def test_background_choice_replaces_an_identity_that_fails_its_check(frames):
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_background": True, "generate.guard_check_seconds": 0.0}))  # fmt: skip
+    anonymizer.process_frame(Frame(frames[0], 0))
+    _wait_for_choices(anonymizer)
+    _, stats = anonymizer.process_frame(Frame(frames[1], 1))
+    assert stats.generated == 1
+    chosen = _counting(anonymizer, "choose")
+    _counting(anonymizer, "still_unlike", result=False)
+    _, stats = anonymizer.process_frame(Frame(frames[2], 2))
+    assert stats.generated == 0 and stats.fallback == 1  # blurred while the guard chooses again
+    _wait_for_choices(anonymizer)
+    assert len(chosen) == 1
+    anonymizer.reset()
+    assert not anonymizer._choosing and not anonymizer._identities
+
+
 def _two_faces(frames) -> list[np.ndarray]:
     import cv2
 

@@ -309,6 +309,22 @@ def test_specs_are_checked_before_streaming(tmp_path, monkeypatch):
     assert existing.read_bytes() == b"keep me"
 
 
+def test_realtime_generate_stream_chooses_identities_in_the_background(capsys, tmp_path):
+    """No frame of a live stream waits ~1 s for a new face's identity; lossless streams and files do."""
+    pytest.importorskip("torch")
+    clip = shared_path("videos/talking_512_katiehill.mp4")
+    code, err = run_cli(capsys, clip, tmp_path / "rt.mp4", "--mode", "generate", "--duration", "1.5")
+    assert code == 0 and "identities chosen in the background]" in err, err
+    code, err = run_cli(capsys, clip, tmp_path / "ll.mp4", "--mode", "generate", "--duration", "1",
+                        "--latency", "lossless")  # fmt: skip
+    assert code == 0 and "in the background" not in err, err
+    config = tmp_path / "sync.toml"
+    config.write_text("[generate]\nguard_background = false\n")
+    code, err = run_cli(capsys, clip, tmp_path / "sync.mp4", "--mode", "generate", "--duration", "1",
+                        "--config", config)  # fmt: skip
+    assert code == 0 and "in the background" not in err, err  # an explicit setting wins
+
+
 def test_cli_bad_input_is_one_line(capsys, tmp_path):
     code, err = run_cli(capsys, "-", tmp_path / "out.mp4")
     assert code == 1 and "--size" in err and "Traceback" not in err

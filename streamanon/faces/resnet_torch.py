@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -494,11 +495,21 @@ def ieee_float32(device: torch.device) -> Iterator[None]:
 
     cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later, which moves
     the descriptors by ~1e-3; dlib computes in float32. The previous settings are restored
-    on exit (they are process-wide, so don't run TF32 work concurrently in other threads).
+    on exit. They are process-wide: one thread at a time holds them (the identity guard may
+    embed on a background thread while the pipeline embeds on its own), and TF32 work of
+    other threads meanwhile runs in full float32, which is only slower.
     """
     if device.type != "cuda":
         yield
         return
+    with _PRECISION_LOCK:
+        yield from _ieee_float32_settings()
+
+
+_PRECISION_LOCK = threading.RLock()
+
+
+def _ieee_float32_settings() -> Iterator[None]:
     conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
     if hasattr(conv, "fp32_precision"):  # torch >= 2.9: per-operation precision API
         saved = conv.fp32_precision, matmul.fp32_precision

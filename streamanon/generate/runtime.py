@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -126,6 +127,9 @@ class GeneratorRuntime:
         self.engine_dir = engine_dir or default_engine_dir()
         self.cuda_graphs = cuda_graphs
         self._fallback = fallback  # auto mode: a failing compiled backend falls back to eager
+        # One call at a time: CUDA-graph and TensorRT runs use static buffers (the identity guard
+        # may call from a background thread while the pipeline generates).
+        self._lock = threading.Lock()
         self._latents: OrderedDict[int, np.ndarray] = OrderedDict()
         self.module = generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.backend_name = backend
@@ -188,16 +192,17 @@ class GeneratorRuntime:
                 mask = torch.cat([mask, mask[-1:].expand(pad, -1, -1, -1)])
                 landmarks = torch.cat([landmarks, landmarks[-1:].expand(pad, -1, -1)])
                 latents = torch.cat([latents, latents[-1:].expand(pad, -1)])
-        try:
-            out = self._run(crop, mask, landmarks, latents)
-        except Exception:
-            if not self._fallback or self.backend_name == "eager":
-                raise
-            log.warning("generator backend %s failed; falling back to eager", self.backend_name, exc_info=True)
-            self.backend_name, self._run = "eager", self.module
-            out = self._run(crop, mask, landmarks, latents)
-        # clone: CUDA-graph outputs live in a static buffer that the next call overwrites.
-        return out[:n].float().clone()
+        with self._lock:
+            try:
+                out = self._run(crop, mask, landmarks, latents)
+            except Exception:
+                if not self._fallback or self.backend_name == "eager":
+                    raise
+                log.warning("generator backend %s failed; falling back to eager", self.backend_name, exc_info=True)
+                self.backend_name, self._run = "eager", self.module
+                out = self._run(crop, mask, landmarks, latents)
+            # clone: CUDA-graph outputs live in a static buffer that the next call overwrites.
+            return out[:n].float().clone()
 
     # ----------------------------------------------------------------- numpy level
     @torch.inference_mode()

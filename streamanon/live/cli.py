@@ -161,6 +161,9 @@ def stream_command(
         else:
             _say("no display (DISPLAY/WAYLAND_DISPLAY unset): --preview ignored")
 
+    if latency == "realtime" and config.generate.guard_background is None:
+        # A new face's identity is chosen without holding up the stream (the face is blurred meanwhile).
+        config = config.with_overrides({"generate.guard_background": True})
     anonymizer = Anonymizer(config)
     options = StreamOptions(
         latency=latency, queue_size=queue_size, max_latency=max_latency, max_retries=max_retries,
@@ -168,8 +171,9 @@ def stream_command(
     )  # fmt: skip
     runner = StreamRunner(live_source, sinks, anonymizer, options, report=_say)
     if not quiet:
-        _say(f"streaming {live_source.name} -> {sink} [{anonymizer.backend_name}, {latency}, queue {queue_size}]; "
-             "Ctrl-C or SIGTERM stops and finishes the output")  # fmt: skip
+        background = ", identities chosen in the background" if anonymizer.chooses_in_background else ""
+        _say(f"streaming {live_source.name} -> {sink} [{anonymizer.backend_name}, {latency}, queue {queue_size}"
+             f"{background}]; Ctrl-C or SIGTERM stops and finishes the output")  # fmt: skip
     with _stop_on_signals(runner):
         summary = runner.run()
     if not quiet:
