@@ -136,7 +136,8 @@ class GenerateConfig:
     # Choose a new track's identity (and replace one that fails its re-check) on a background
     # thread while the face stays blurred, instead of holding up the frame for ~1 s on 2 CPU cores.
     # Unset: on for live streams with --latency realtime, off elsewhere (files come out the same on
-    # every run).
+    # every run). Only with the eager generator: compiled ones (CUDA graphs, TensorRT) stay on the
+    # thread that built them.
     guard_background: bool | None = None
     # Where generated faces are post-processed and pasted into the frame: "device" keeps them on the
     # generator's device (the frame's face region is uploaded once and downloaded once per frame),

@@ -91,7 +91,10 @@ class Anonymizer:
         self._choosing: dict[int, Future] = {}
         self._guard_thread: ThreadPoolExecutor | None = None
         if self._generate and self.guard is not None and self.config.generate.guard_background:
-            self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
+            if self.generator.backend_name == "eager":
+                self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
+            else:  # CUDA graphs and TensorRT contexts are the thread's that made them: not shared
+                log.info("identity choices stay in the foreground with the %s generator", self.generator.backend_name)
 
     @property
     def backend_name(self) -> str:

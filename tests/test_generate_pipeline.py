@@ -204,6 +204,9 @@ def test_background_choices_blur_a_new_face_until_its_identity_is_in(frames):
 
 def test_guard_background_setting_is_checked():
     assert AnonymizerConfig().generate.guard_background is None  # unset: live realtime streams turn it on
+    compiled = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_background": True, "generate.backend": "compile"}))  # fmt: skip
+    assert compiled.generator.backend_name == "compile" and not compiled.chooses_in_background
     with pytest.raises(UserError, match="generate.guard_background"):
         AnonymizerConfig().with_overrides({"generate.guard_background": "yes"})
 

@@ -103,10 +103,13 @@ def warp_points(
     if lattice_step < 1:
         raise ValueError(f"lattice_step must be >= 1, got {lattice_step}")
     # The identity guard renders several candidates onto the same landmarks: solve and evaluate
-    # the spline once per distinct pair of point sets.
-    pairs = torch.cat([source_points.float().flatten(1), target_points.float().flatten(1)], dim=1)
-    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
-    if len(unique) < b:
+    # the spline once per distinct pair of point sets. Not in a compiled graph: the number of
+    # distinct sets is data-dependent there, and compiled batches are the pipeline's, one per face.
+    unique = None
+    if not torch.compiler.is_compiling():
+        pairs = torch.cat([source_points.float().flatten(1), target_points.float().flatten(1)], dim=1)
+        unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    if unique is not None and len(unique) < b:
         n = source_points.shape[1]
         sources, targets = unique[:, : 2 * n].view(-1, n, 2), unique[:, 2 * n :].view(-1, n, 2)
         sample_at = _sampling_grid(sources, targets, h, lattice_step)[inverse]
