@@ -133,8 +133,9 @@ class GenerateConfig:
     # turns or changes expression can come closer to its original); 0 = as often as possible (one
     # check a frame: with several faces they take turns).
     guard_check_seconds: float = 0.2
-    # Choose a new track's identity (and replace one that fails its re-check) on a background
-    # thread while the face stays blurred, instead of holding up the frame for ~1 s on 2 CPU cores.
+    # Run the guard on a background thread: a new track's identity is chosen while the face stays
+    # blurred (instead of holding up the frame ~1 s on 2 CPU cores), and a shown identity stays on
+    # screen while its re-check runs, blurred from the next frame if the check fails.
     # Unset: on for live streams with --latency realtime, off elsewhere (files come out the same on
     # every run). Only with the eager generator: compiled ones (CUDA graphs, TensorRT) stay on the
     # thread that built them.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,8 +88,10 @@ class Anonymizer:
         # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
         self._check_at: dict[int, float] = {}
-        # generate.guard_background: choices being made on the guard's thread, per track.
+        # generate.guard_background: choices, and re-checks of the identity shown, running on the
+        # guard's thread, per track.
         self._choosing: dict[int, Future] = {}
+        self._checking: dict[int, tuple[Future, IdentityChoice]] = {}
         self._guard_thread: ThreadPoolExecutor | None = None
         if self._generate and self.guard is not None and self.config.generate.guard_background:
             if self.generator.backend_name == "eager":
@@ -105,8 +108,8 @@ class Anonymizer:
         return self.config.mode
 
     @property
-    def chooses_in_background(self) -> bool:
-        """Whether the identity guard chooses new tracks' identities on its own thread."""
+    def guard_in_background(self) -> bool:
+        """Whether the identity guard (choices and re-checks) runs on its own thread."""
         return self._guard_thread is not None
 
     def reset(self) -> None:
@@ -116,9 +119,10 @@ class Anonymizer:
         self._local_passes_left = 0
         self._identities.clear()
         self._check_at.clear()
-        for pending in self._choosing.values():
+        for pending in [*self._choosing.values(), *(future for future, _ in self._checking.values())]:
             pending.cancel()
         self._choosing.clear()
+        self._checking.clear()
 
     def _build_guard(self) -> IdentityGuard | None:
         settings = self.config.generate
@@ -275,8 +279,9 @@ class Anonymizer:
         choice, which is checked again every ``generate.guard_check_seconds`` (at most
         ``RECHECKS_PER_FRAME`` checks a frame, the most overdue first) and replaced when it fails;
         a track it refused is left out (so it is blurred) until a retry finds a safe one. With
-        ``generate.guard_background`` the choices (not the re-checks) run on the guard's thread and
-        the track is left out until its choice is in, so no frame waits for one.
+        ``generate.guard_background`` both run on the guard's thread, so no frame waits for them:
+        a track is left out until its choice is in, and keeps its identity while a re-check runs
+        (as between checks) until one fails.
         """
         if self.guard is None:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
@@ -287,8 +292,12 @@ class Anonymizer:
             self._check_at.pop(stale, None)
         for stale in [tid for tid in self._choosing if tid not in known]:
             self._choosing.pop(stale).cancel()
+        for stale in [tid for tid in self._checking if tid not in known]:
+            self._checking.pop(stale)[0].cancel()
         for tid in [tid for tid, pending in self._choosing.items() if pending.done()]:
             self._take_background_choice(tid, self._choosing.pop(tid), t)
+        for tid in [tid for tid, (pending, _) in self._checking.items() if pending.done()]:
+            self._take_background_check(tid, *self._checking.pop(tid), image, aligned, t)
         due = sorted(
             (self._check_at[face.track_id], face.track_id)
             for face in aligned
@@ -301,16 +310,17 @@ class Anonymizer:
             if tid in self._choosing:
                 continue  # blurred until the guard's thread has its identity
             choice = self._identities.get(tid)
-            if choice is None or tid in check_now:
-                background = self._guard_thread is not None
-                view = self._frame_view(image, face, copy=background)
+            if self._guard_thread is not None and (choice is None or tid in check_now):
+                view = self._frame_view(image, face, copy=True)  # used after this frame
+                if choice is None or not choice.safe:
+                    self._choose_in_background(tid, face, view)
+                    continue
+                # Shown meanwhile, as between checks; blurred from the first frame after a failure.
+                self._checking[tid] = (self._guard_thread.submit(self.guard.still_unlike, face, choice, view), choice)
+                self._check_at[tid] = math.inf
+            elif choice is None or tid in check_now:
+                view = self._frame_view(image, face)
                 if choice is None or not choice.safe or not self.guard.still_unlike(face, choice, view):
-                    if background:
-                        # Fail closed meanwhile: the face is left out (blurred) until the choice is in.
-                        self._identities.pop(tid, None)
-                        self._choosing[tid] = self._guard_thread.submit(
-                            self.guard.choose, face, self.config.generate.seed, view)
-                        continue
                     choice = self._record_choice(tid, self.guard.choose(face, self.config.generate.seed, view), t)
                 else:
                     self._check_at[tid] = t + self.config.generate.guard_check_seconds
@@ -330,6 +340,32 @@ class Anonymizer:
         wait = self.config.generate.guard_check_seconds if choice.safe else GUARD_RETRY_SECONDS
         self._check_at[tid] = t + wait
         return choice
+
+    def _choose_in_background(self, tid: int, face: AlignedFace, view: View) -> None:
+        """Start choosing ``tid``'s identity on the guard's thread; fail closed meanwhile: the face
+        is left out (blurred) until the choice is in."""
+        self._identities.pop(tid, None)
+        self._choosing[tid] = self._guard_thread.submit(self.guard.choose, face, self.config.generate.seed, view)
+
+    def _take_background_check(self, tid: int, pending: Future, checked: IdentityChoice, image: np.ndarray,
+                               aligned: list[AlignedFace], t: float) -> None:  # fmt: skip
+        """The result of a re-check made on the guard's thread: schedule the next one, or replace
+        the identity (a failed check counts as a failure: fail closed)."""
+        try:
+            still_unlike = bool(pending.result())
+        except Exception:  # noqa: BLE001 - an unverifiable identity is not shown
+            log.exception("track %d: re-checking its identity failed; choosing another", tid)
+            still_unlike = False
+        if self._identities.get(tid) is not checked:
+            return  # replaced meanwhile
+        if still_unlike:
+            self._check_at[tid] = t + self.config.generate.guard_check_seconds
+            return
+        face = next((f for f in aligned if f.track_id == tid), None)
+        if face is None:  # not detected this frame: choose when it is, blurred until then
+            self._identities.pop(tid)
+            return
+        self._choose_in_background(tid, face, self._frame_view(image, face, copy=True))
 
     def _take_background_choice(self, tid: int, pending: Future, t: float) -> None:
         """The result of a choice made on the guard's thread; a failed one is retried later

@@ -177,7 +177,8 @@ def test_an_identity_that_fails_its_check_is_replaced(frames):
 
 
 def _wait_for_choices(anonymizer: Anonymizer) -> None:
-    for pending in list(anonymizer._choosing.values()):
+    """Until the guard's thread has done what it was given (choices and re-checks)."""
+    for pending in [*anonymizer._choosing.values(), *(future for future, _ in anonymizer._checking.values())]:
         pending.result(timeout=120)
 
 
@@ -204,28 +205,38 @@ def test_background_choices_blur_a_new_face_until_its_identity_is_in(frames):
 
 def test_guard_background_setting_is_checked():
     assert AnonymizerConfig().generate.guard_background is None  # unset: live realtime streams turn it on
-    compiled = Anonymizer(AnonymizerConfig().with_overrides(
-        {"replace.mode": "generate", "generate.guard_background": True, "generate.backend": "compile"}))  # fmt: skip
-    assert compiled.generator.backend_name == "compile" and not compiled.chooses_in_background
+    from streamanon.generate.runtime import load_generator
+
+    config = AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.guard_background": True})
+    assert Anonymizer(config).guard_in_background
+    compiled = load_generator(None, backend="compile", warmup=False)  # not compiled until first used
+    assert not Anonymizer(config, generator=compiled).guard_in_background  # its graphs stay on one thread
     with pytest.raises(UserError, match="generate.guard_background"):
         AnonymizerConfig().with_overrides({"generate.guard_background": "yes"})
 
 
-def test_background_choice_replaces_an_identity_that_fails_its_check(frames):
+def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(frames):
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
         {"replace.mode": "generate", "generate.guard_background": True, "generate.guard_check_seconds": 0.0}))  # fmt: skip
     anonymizer.process_frame(Frame(frames[0], 0))
     _wait_for_choices(anonymizer)
-    _, stats = anonymizer.process_frame(Frame(frames[1], 1))
+    _, stats = anonymizer.process_frame(Frame(frames[1], 1))  # its first re-check falls due at once
     assert stats.generated == 1
+    _wait_for_choices(anonymizer)
     chosen = _counting(anonymizer, "choose")
-    _counting(anonymizer, "still_unlike", result=False)
+    checked = _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[2], 2))
-    assert stats.generated == 0 and stats.fallback == 1  # blurred while the guard chooses again
+    assert stats.generated == 1 and len(anonymizer._checking) == 1  # shown while its check runs
+    _wait_for_choices(anonymizer)
+    _, stats = anonymizer.process_frame(Frame(frames[3], 3))
+    assert stats.generated == 0 and stats.fallback == 1  # the failed check: blurred, chosen again
+    assert len(checked) == 1 and len(anonymizer._choosing) == 1
     _wait_for_choices(anonymizer)
     assert len(chosen) == 1
+    _, stats = anonymizer.process_frame(Frame(frames[0], 4))  # (the fixture holds 4 frames)
+    assert stats.generated == 1
     anonymizer.reset()
-    assert not anonymizer._choosing and not anonymizer._identities
+    assert not anonymizer._choosing and not anonymizer._checking and not anonymizer._identities
 
 
 def _two_faces(frames) -> list[np.ndarray]:

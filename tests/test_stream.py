@@ -314,7 +314,7 @@ def test_realtime_generate_stream_chooses_identities_in_the_background(capsys, t
     pytest.importorskip("torch")
     clip = shared_path("videos/talking_512_katiehill.mp4")
     code, err = run_cli(capsys, clip, tmp_path / "rt.mp4", "--mode", "generate", "--duration", "1.5")
-    assert code == 0 and "identities chosen in the background]" in err, err
+    assert code == 0 and "identity guard in the background]" in err, err
     code, err = run_cli(capsys, clip, tmp_path / "ll.mp4", "--mode", "generate", "--duration", "1",
                         "--latency", "lossless")  # fmt: skip
     assert code == 0 and "in the background" not in err, err

@@ -162,7 +162,7 @@ def stream_command(
             _say("no display (DISPLAY/WAYLAND_DISPLAY unset): --preview ignored")
 
     if latency == "realtime" and config.generate.guard_background is None:
-        # A new face's identity is chosen without holding up the stream (the face is blurred meanwhile).
+        # The identity guard's choices and re-checks do not hold up the stream (generate.guard_background).
         config = config.with_overrides({"generate.guard_background": True})
     anonymizer = Anonymizer(config)
     options = StreamOptions(
@@ -171,7 +171,7 @@ def stream_command(
     )  # fmt: skip
     runner = StreamRunner(live_source, sinks, anonymizer, options, report=_say)
     if not quiet:
-        background = ", identities chosen in the background" if anonymizer.chooses_in_background else ""
+        background = ", identity guard in the background" if anonymizer.guard_in_background else ""
         _say(f"streaming {live_source.name} -> {sink} [{anonymizer.backend_name}, {latency}, queue {queue_size}"
              f"{background}]; Ctrl-C or SIGTERM stops and finishes the output")  # fmt: skip
     with _stop_on_signals(runner):
