@@ -439,36 +439,35 @@ class CenterFaceDetector:
         height, width = int(frame.shape[0]), int(frame.shape[1])
         parts = []
         with torch.inference_mode():
-            image = frame.to(next(self.net.buffers()).device).permute(2, 0, 1)[None].float()
+            image = frame.to(self.tensor_device).permute(2, 0, 1)[None].float()
             for scale, is_coarse in self._passes(height, width):
                 (new_w, new_h), (pad_w, pad_h), back = _pass_geometry(height, width, scale)
                 resized = image
                 if (new_w, new_h) != (width, height):
                     resized = _resize_like_opencv(image, new_h, new_w)
                 blob = torch.nn.functional.pad(resized, (0, pad_w - new_w, 0, pad_h - new_h))
-                outputs = [o.float().cpu().numpy() for o in self.net(blob)]
-                found = decode(*(o[0] for o in outputs), self.threshold)
-                parts.append(_pass_candidates(found, back, is_coarse))
+                parts.append(_pass_candidates(self._infer(blob)[0], back, is_coarse))
         return self._finish(parts, (height, width))
 
-    def _infer(self, blob: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """One network run over ``blob`` (B, 3, H, W); per image: boxes, scores, keypoints in
-        network-input pixels."""
+    def _infer(self, blob) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One network run over ``blob`` (B, 3, H, W; an array, or a tensor for the torch backend);
+        per image: boxes, scores, keypoints in network-input pixels."""
         heat, size, offset, kps = self._network(blob)
         return [decode(heat[b], size[b], offset[b], kps[b], self.threshold) for b in range(len(blob))]
 
-    def _network(self, blob: np.ndarray) -> list[np.ndarray]:
+    def _network(self, blob) -> list[np.ndarray]:
         """The raw outputs (heatmap, log-size, offset, keypoints) for ``blob``, by either backend."""
         if self.net is not None:
             return self._run_torch(blob)
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: blob})
 
-    def _run_torch(self, blob: np.ndarray) -> list[np.ndarray]:
+    def _run_torch(self, blob) -> list[np.ndarray]:
         import torch
 
-        device = next(self.net.buffers()).device
+        if isinstance(blob, np.ndarray):
+            blob = torch.from_numpy(blob)
         with torch.inference_mode():
-            outputs = self.net(torch.from_numpy(blob).to(device, non_blocking=True))
+            outputs = self.net(blob.to(self.tensor_device, non_blocking=True))
         return [o.float().cpu().numpy() for o in outputs]
 
     def _finish(self, parts: list["_Candidates"], shape: tuple[int, int]) -> Detections:
