@@ -263,6 +263,21 @@ def test_runtime_rejects_bad_requests(weights, tmp_path):
         load_generator(bogus)
 
 
+def test_generator_runs_one_call_at_a_time(weights):
+    """CUDA-graph and TensorRT runs reuse static buffers; the identity guard's thread and the
+    pipeline share one runtime, so each network call holds the runtime's lock."""
+    runtime = load_generator(weights, backend="eager")
+    network, held = runtime._run, []
+
+    def watched(*args):
+        held.append(runtime._lock.locked())
+        return network(*args)
+
+    runtime._run = watched
+    runtime(_aligned(TINY, [1, 2]))
+    assert held == [True] and not runtime._lock.locked()
+
+
 def test_missing_weights_raise_model_unavailable_with_how_to(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "PACKAGE_WEIGHTS", tmp_path / "none")
     monkeypatch.setenv("STREAMANON_MODELS", str(tmp_path / "empty"))

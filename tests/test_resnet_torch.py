@@ -180,3 +180,42 @@ def test_dlib_embedder_cuts_and_embeds_chips_like_embed_many(embedders, faces):
     assert chips.shape == (1, 150, 150, 3) and chips.dtype == np.uint8
     np.testing.assert_array_equal(dlib_embedder.embed_chips(chips), dlib_embedder.embed_many(image, landmarks[None]))
     assert dlib_embedder.embed_chips(chips[:0]).shape == (0, 128)
+
+
+def test_full_float32_switch_is_held_by_one_thread_and_restored_after_errors():
+    """The precision flags are process-wide: the guard's thread and the pipeline must not
+    interleave their set/restore. Exercised with a stand-in CUDA device (only flags change)."""
+    import threading
+
+    from streamanon.faces import resnet_torch
+
+    class FakeCuda:
+        type = "cuda"
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    entered, release, other_inside = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        with resnet_torch.ieee_float32(FakeCuda()):
+            entered.set()
+            release.wait(5)
+
+    def try_enter():
+        with resnet_torch.ieee_float32(FakeCuda()):
+            other_inside.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(5) and (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    other = threading.Thread(target=try_enter)
+    other.start()
+    assert not other_inside.wait(0.3), "a second thread entered while the first held the switch"
+    release.set()
+    holder.join(5)
+    other.join(5)
+    assert other_inside.is_set()
+    with pytest.raises(ValueError):
+        with resnet_torch.ieee_float32(FakeCuda()):
+            raise ValueError("a failing embedding")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
