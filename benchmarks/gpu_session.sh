@@ -7,7 +7,8 @@
 #   3. with the carried payload (PyAV, dlib, the dlib models: benchmarks/gpu_carry.py), the whole
 #      pipeline on CUDA: `streamanon bench --device cuda` on the street clip and synthetic scenes,
 #      a `streamanon stream` run in streaming order (latency p50/p99) and the whole `streamanon
-#      file` job (issue #5's 1080p / 4 faces / fps and p99 targets); steps 1-3 share one time budget,
+#      file` job (issue #5's 1080p / 4 faces / fps and p99 targets),
+#      (steps 1-3 share one time budget, $GPU_SESSION_SECONDS)
 #   4. optionally, a timed run of the U-Net GAN trainer (resumes from runs/gpu if carried back in),
 #   5. logs (one archive), benchmark JSON, loss curves, the last sample grid and the EMA weights
 #      copied to $OUT (8 files at most come back, 16 MiB each).
@@ -29,9 +30,7 @@ cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--stage" ]]; then
     shared="${STREAMANON_SHARED_DATA:-../shared/data}"
-    mkdir -p .gpu_data/faces/utkface .gpu_data/images
-    grep -qx '/.gpu_data/' .git/info/exclude 2>/dev/null || echo '/.gpu_data/' >> .git/info/exclude
-    mkdir -p .gpu_data/videos
+    mkdir -p .gpu_data/faces/utkface .gpu_data/images .gpu_data/videos  # git-ignored (.gitignore)
     cp "$shared/images/multiface.jpg" .gpu_data/images/
     cp "$shared/videos/street_1080p_multi.mp4" "$shared/videos/talking_512_katiehill.mp4" .gpu_data/videos/
     find "$shared/faces/utkface" -name '*.jpg' | sort | head -10 | xargs -I{} cp {} .gpu_data/faces/utkface/
