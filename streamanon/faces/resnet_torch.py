@@ -29,7 +29,6 @@ a 29-conv ResNet on 150x150 chips. Points of dlib's semantics it reproduces:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Iterator
@@ -44,108 +43,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import resolve_model
+from .dlib_serial import DlibFormatError, DlibReader
 from .embed import CHIP_SIZE, face_chips
 
 DESCRIPTOR_SIZE = 128
 
 # ---------------------------------------------------------------------------------------------
-# dlib's binary serialization (dlib/serialize.h, dlib/dnn/{core,tensor,layers,input,loss}.h)
-
-
-class _FormatError(Exception):
-    """Internal: the bytes are not what the layer being read should contain."""
-
-
-class _Reader:
-    """Cursor over the file's bytes, with dlib's encodings of the primitive types."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise _FormatError(f"file ends early at byte {len(self.data)} (needs {end})")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def _int(self, max_bytes: int, signed: bool) -> int:
-        # dlib packs integers as a control byte (low nibble: byte count, 0x80: negative,
-        # 0x70 reserved and always 0) then that many little-endian magnitude bytes.
-        control = self.take(1)[0]
-        size = control & 0x0F
-        if control & 0x70 or size > max_bytes or (control & 0x80 and not signed):
-            raise _FormatError(f"bad integer control byte 0x{control:02x} at byte {self.pos - 1}")
-        value = int.from_bytes(self.take(size), "little")
-        return -value if control & 0x80 else value
-
-    def int32(self) -> int:
-        return self._int(4, signed=True)
-
-    def int64(self) -> int:
-        return self._int(8, signed=True)
-
-    def uint64(self) -> int:
-        return self._int(8, signed=False)
-
-    def boolean(self) -> bool:
-        ch = self.take(1)
-        if ch not in (b"0", b"1"):
-            raise _FormatError(f"bad bool byte {ch!r} at byte {self.pos - 1}")
-        return ch == b"1"
-
-    def real(self) -> float:
-        # dlib's float_details: int64 mantissa and int16 exponent, value = m * 2**e;
-        # exponents 32000..32002 encode +inf, -inf and NaN.
-        if self.pos < len(self.data) and self.data[self.pos] & 0x70:
-            raise _FormatError(f"old ASCII float encoding at byte {self.pos} (not supported)")
-        mantissa = self.int64()
-        exponent = self._int(2, signed=True)
-        special = {32000: float("inf"), 32001: float("-inf"), 32002: float("nan")}
-        return special[exponent] if exponent in special else float(np.ldexp(float(mantissa), exponent))
-
-    def string(self, max_len: int = 256) -> str:
-        n = self.uint64()
-        if n > max_len:
-            raise _FormatError(f"implausible string length {n} at byte {self.pos}")
-        try:
-            return self.take(n).decode("ascii")
-        except UnicodeDecodeError:
-            raise _FormatError(f"non-ASCII layer name at byte {self.pos - n}") from None
-
-    def version(self, accepted: tuple[int, ...], what: str) -> int:
-        v = self.int32()
-        if v not in accepted:
-            raise _FormatError(f"{what} version {v} (expected {'/'.join(map(str, accepted))})")
-        return v
-
-    def _shape(self) -> tuple[int, int, int, int]:
-        shape = tuple(self.int64() for _ in range(4))
-        if min(shape) < 0:
-            raise _FormatError(f"negative tensor shape {shape} at byte {self.pos}")
-        return shape  # type: ignore[return-value]
-
-    def tensor(self) -> np.ndarray:
-        """A ``resizable_tensor`` as a float32 (n, k, nr, nc) array."""
-        version = self.version((1, 2), "tensor")
-        shape = self._shape()
-        count = math.prod(shape)
-        if count > len(self.data) - self.pos:  # even v1 floats take >= 1 byte each
-            raise _FormatError(f"tensor of shape {shape} at byte {self.pos} is larger than the rest of the file")
-        if version == 2:  # raw little-endian IEEE float32
-            values = np.frombuffer(self.take(4 * count), dtype="<f4")
-        else:  # version 1: each value as a dlib float (only tiny or empty tensors in practice)
-            values = np.array([self.real() for _ in range(count)], np.float32)
-        return values.astype(np.float32).reshape(shape)
-
-    def alias_tensor(self) -> tuple[int, int, int, int]:
-        """An ``alias_tensor``: only a shape (a view into a layer's params)."""
-        self.version((1,), "alias_tensor")
-        return self._shape()
-
-
 # Layer nodes of the network, outermost (loss) first, as dlib nests and serializes them.
 # ("con", filters, kernel, stride), ("pool", kind, kernel, stride) with kernel 0 meaning the
 # whole input (avg_pool_everything), ("tag",) / ("skip",) wrappers without parameters.
@@ -193,11 +96,11 @@ class DlibFaceResNetWeights:
     layers: list[DlibLayer] = field(default_factory=list)  # forward order
 
 
-def _read_con(r: _Reader, node: tuple) -> DlibLayer:
+def _read_con(r: DlibReader, node: tuple) -> DlibLayer:
     _, filters, kernel, stride = node
     name = r.string()
     if name != "con_4":
-        raise _FormatError(f"conv layer serialized as '{name}' (expected 'con_4')")
+        raise DlibFormatError(f"conv layer serialized as '{name}' (expected 'con_4')")
     params = r.tensor().reshape(-1)
     num_filters, nr, nc = r.int64(), r.int64(), r.int64()
     stride_y, stride_x, pad_y, pad_x = r.int32(), r.int32(), r.int32(), r.int32()
@@ -205,17 +108,17 @@ def _read_con(r: _Reader, node: tuple) -> DlibLayer:
     for _ in range(4):  # learning-rate / weight-decay multipliers, training only
         r.real()
     if (num_filters, nr, nc, stride_y, stride_x) != (filters, kernel, kernel, stride, stride):
-        raise _FormatError(
+        raise DlibFormatError(
             f"conv {num_filters} filters {nr}x{nc} stride {stride_y},{stride_x} "
             f"(expected {filters} filters {kernel}x{kernel} stride {stride})"
         )
     if not (0 <= pad_y < nr and 0 <= pad_x < nc):
-        raise _FormatError(f"conv padding {pad_y},{pad_x} for a {nr}x{nc} kernel")
+        raise DlibFormatError(f"conv padding {pad_y},{pad_x} for a {nr}x{nc} kernel")
     n_weights = int(np.prod(f_shape))
     if f_shape[0] != num_filters or f_shape[2:] != (nr, nc) or b_shape != (1, num_filters, 1, 1):
-        raise _FormatError(f"conv filter/bias shapes {f_shape} / {b_shape}")
+        raise DlibFormatError(f"conv filter/bias shapes {f_shape} / {b_shape}")
     if params.size != n_weights + num_filters:
-        raise _FormatError(f"conv has {params.size} parameters, expected {n_weights + num_filters}")
+        raise DlibFormatError(f"conv has {params.size} parameters, expected {n_weights + num_filters}")
     return DlibLayer(
         "con",
         weight=params[:n_weights].reshape(f_shape),  # dlib's filter layout is torch's (out, in, kh, kw)
@@ -226,45 +129,45 @@ def _read_con(r: _Reader, node: tuple) -> DlibLayer:
     )
 
 
-def _read_affine(r: _Reader) -> DlibLayer:
+def _read_affine(r: DlibReader) -> DlibLayer:
     name = r.string()
     if name in ("bn_con2", "bn_fc2"):
-        raise _FormatError(f"'{name}' (a training-mode batch norm) where 'affine_' was expected")
+        raise DlibFormatError(f"'{name}' (a training-mode batch norm) where 'affine_' was expected")
     if name != "affine_":
-        raise _FormatError(f"affine layer serialized as '{name}'")
+        raise DlibFormatError(f"affine layer serialized as '{name}'")
     params = r.tensor().reshape(-1)
     g_shape, b_shape = r.alias_tensor(), r.alias_tensor()
     mode = r.int32()
     # CONV_MODE (0): one gamma/beta per channel. FC_MODE would scale each pixel separately,
     # which this network never uses.
     if mode != 0 or g_shape != b_shape or g_shape[0] != 1 or g_shape[2:] != (1, 1):
-        raise _FormatError(f"affine layer in mode {mode} with gamma shape {g_shape} (expected per-channel)")
+        raise DlibFormatError(f"affine layer in mode {mode} with gamma shape {g_shape} (expected per-channel)")
     k = g_shape[1]
     if params.size != 2 * k:
-        raise _FormatError(f"affine has {params.size} parameters, expected {2 * k}")
+        raise DlibFormatError(f"affine has {params.size} parameters, expected {2 * k}")
     return DlibLayer("affine", weight=params[:k].copy(), bias=params[k:].copy())
 
 
-def _read_pool(r: _Reader, node: tuple) -> DlibLayer:
+def _read_pool(r: DlibReader, node: tuple) -> DlibLayer:
     _, kind, kernel, stride = node
     name = r.string()
     if name != f"{kind}_pool_2":
-        raise _FormatError(f"pooling layer serialized as '{name}' (expected '{kind}_pool_2')")
+        raise DlibFormatError(f"pooling layer serialized as '{name}' (expected '{kind}_pool_2')")
     nr, nc, stride_y, stride_x = r.int64(), r.int64(), r.int32(), r.int32()
     pad_y, pad_x = r.int32(), r.int32()
     if (nr, nc, stride_y, stride_x) != (kernel, kernel, stride, stride):
-        raise _FormatError(
+        raise DlibFormatError(
             f"{kind} pool {nr}x{nc} stride {stride_y},{stride_x} (expected {kernel}x{kernel} stride {stride})"
         )
     if not (0 <= pad_y < max(nr, 1) and 0 <= pad_x < max(nc, 1)):
-        raise _FormatError(f"{kind} pool padding {pad_y},{pad_x} for a {nr}x{nc} window")
+        raise DlibFormatError(f"{kind} pool padding {pad_y},{pad_x} for a {nr}x{nc} window")
     return DlibLayer(f"{kind}_pool", kernel=(nr, nc), stride=(stride_y, stride_x), padding=(pad_y, pad_x))
 
 
-def _read_fc(r: _Reader, node: tuple) -> DlibLayer:
+def _read_fc(r: DlibReader, node: tuple) -> DlibLayer:
     name = r.string()
     if name != "fc_2":
-        raise _FormatError(f"fc layer serialized as '{name}' (expected 'fc_2')")
+        raise DlibFormatError(f"fc layer serialized as '{name}' (expected 'fc_2')")
     num_outputs, num_inputs = r.uint64(), r.uint64()
     params = r.tensor().reshape(-1)
     w_shape = r.alias_tensor()
@@ -273,14 +176,14 @@ def _read_fc(r: _Reader, node: tuple) -> DlibLayer:
     for _ in range(4):
         r.real()
     if num_outputs != node[1] or bias_mode != 1:  # FC_NO_BIAS
-        raise _FormatError(f"fc layer with {num_outputs} outputs, bias mode {bias_mode} (expected {node[1]}, no bias)")
+        raise DlibFormatError(f"fc layer with {num_outputs} outputs, bias mode {bias_mode} (expected {node[1]}, no bias)")
     if w_shape != (num_inputs, num_outputs, 1, 1) or params.size != num_inputs * num_outputs:
-        raise _FormatError(f"fc weight shape {w_shape} with {params.size} parameters")
+        raise DlibFormatError(f"fc weight shape {w_shape} with {params.size} parameters")
     # dlib computes output = input (N, in) @ W (in, out)
     return DlibLayer("fc", weight=params.reshape(num_inputs, num_outputs))
 
 
-def _read_details(r: _Reader, node: tuple) -> DlibLayer:
+def _read_details(r: DlibReader, node: tuple) -> DlibLayer:
     kind = node[0]
     if kind == "con":
         return _read_con(r, node)
@@ -293,11 +196,11 @@ def _read_details(r: _Reader, node: tuple) -> DlibLayer:
     name = r.string()
     expected = {"relu": "relu_", "add_prev": "add_prev_"}[kind]
     if name != expected:
-        raise _FormatError(f"'{name}' where '{expected}' was expected")
+        raise DlibFormatError(f"'{name}' where '{expected}' was expected")
     return DlibLayer(kind)
 
 
-def _skip_layer_state(r: _Reader, version: int, input_layer: bool) -> None:
+def _skip_layer_state(r: DlibReader, version: int, input_layer: bool) -> None:
     # add_layer's bookkeeping after the layer details: three flags and cached tensors
     # (gradients, last outputs), meaningless for inference but in the stream.
     for _ in range(3):
@@ -315,9 +218,9 @@ def _skip_layer_state(r: _Reader, version: int, input_layer: bool) -> None:
 def parse_dlib_face_resnet(data: bytes) -> DlibFaceResNetWeights:
     """Parse the bytes of ``dlib_face_recognition_resnet_model_v1.dat``.
 
-    Raises ``_FormatError`` when the stream is not exactly that network.
+    Raises ``DlibFormatError`` when the stream is not exactly that network.
     """
-    r = _Reader(data)
+    r = DlibReader(data)
     nodes = _architecture()
     versions: list[int] = []
     # dlib writes each wrapper's version, then its subnetwork, then its own details: so all
@@ -331,7 +234,7 @@ def parse_dlib_face_resnet(data: bytes) -> DlibFaceResNetWeights:
             if name == "loss_metric_2":
                 r.real(), r.real()  # margin, distance threshold: training only
             elif name != "loss_metric_":
-                raise _FormatError(f"loss layer '{name}' (expected loss_metric)")
+                raise DlibFormatError(f"loss layer '{name}' (expected loss_metric)")
             versions.append(1)
         elif kind in ("tag", "skip"):
             versions.append(r.version((1,), f"add_{kind}_layer"))
@@ -342,11 +245,11 @@ def parse_dlib_face_resnet(data: bytes) -> DlibFaceResNetWeights:
 
     name = r.string()
     if name != "input_rgb_image_sized":
-        raise _FormatError(f"input layer '{name}' (expected 'input_rgb_image_sized')")
+        raise DlibFormatError(f"input layer '{name}' (expected 'input_rgb_image_sized')")
     means = np.array([r.real() for _ in range(3)], np.float32)  # float in dlib
     size = (r.uint64(), r.uint64())
     if size != (CHIP_SIZE, CHIP_SIZE):
-        raise _FormatError(f"input size {size} (expected {CHIP_SIZE}x{CHIP_SIZE})")
+        raise DlibFormatError(f"input size {size} (expected {CHIP_SIZE}x{CHIP_SIZE})")
 
     weights = DlibFaceResNetWeights(channel_means=means)
     for i in range(len(nodes) - 1, -1, -1):
@@ -356,7 +259,7 @@ def parse_dlib_face_resnet(data: bytes) -> DlibFaceResNetWeights:
         weights.layers.append(_read_details(r, node))
         _skip_layer_state(r, versions[i], input_layer=i == len(nodes) - 1)
     if r.pos != len(data):
-        raise _FormatError(f"{len(data) - r.pos} unexpected bytes after the network")
+        raise DlibFormatError(f"{len(data) - r.pos} unexpected bytes after the network")
     return weights
 
 
@@ -369,7 +272,7 @@ def load_dlib_face_resnet(path: str | os.PathLike) -> DlibFaceResNetWeights:
         raise UserError(f"cannot read dlib face recognition model {path}: {exc.strerror or exc}") from None
     try:
         return parse_dlib_face_resnet(data)
-    except _FormatError as exc:
+    except DlibFormatError as exc:
         raise UserError(
             f"{path} is not dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat): {exc}"
         ) from None
