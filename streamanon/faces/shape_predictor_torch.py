@@ -1,0 +1,273 @@
+"""dlib's shape predictor in PyTorch, batched over faces, with the trees read from dlib's .dat file.
+
+dlib's predictor (an ensemble of regression trees, Kazemi & Sullivan 2014) handles one face
+per call: ~3 ms a face on a small CPU, and it holds the GIL, so threads do not help and a GPU
+pipeline waits on it. This module runs the same model (``shape_predictor_68_face_landmarks.dat``,
+read at load time: no converted copy is shipped) for a whole batch of faces with a few tensor
+operations per cascade level, on the CPU or the GPU.
+
+The semantics of ``dlib/image_processing/shape_predictor.h`` it reproduces:
+
+* the shape starts as ``initial_shape``, in coordinates normalised to the face rectangle
+  (``x -> left + x * (right - left)``, likewise for y);
+* at each cascade level, the least-squares similarity transform from ``initial_shape`` to the
+  current shape (dlib's ``find_similarity_transform``, here in its closed 2-D form) moves each
+  feature pixel's offset, which is added to its anchor landmark; the result is mapped into the
+  image and rounded (``floor(v + 0.5)``, dlib's double -> integer point conversion); a pixel
+  outside the image reads 0; a colour pixel reads ``(r + g + b) // 3``;
+* each tree starts at node 0 and goes to ``2i + 1`` when
+  ``feature[idx1] - feature[idx2] > threshold``, else to ``2i + 2``; the leaf's vector is added
+  to the shape.
+
+dlib returns the final points rounded to whole pixels; :meth:`TorchShapePredictor.forward`
+returns them unrounded. On the CPU every step is done in dlib's precision and order, so rounded
+they are dlib's points exactly (tested on faces, noise and rectangles past the border). On a GPU
+the 500 leaf increments of a level are summed in another order (float32 rounding, ~1e-4 px),
+which can rarely move a feature pixel across a rounding boundary and a point by a fraction of a
+pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..models import resolve_model
+from .dlib_serial import DlibFormatError, DlibReader, float_blocks
+
+
+@dataclass(frozen=True)
+class ShapePredictorWeights:
+    """A dlib shape predictor as arrays: C cascade levels of T trees with S splits (S + 1 leaves)
+    each, F feature pixels per level and P landmarks."""
+
+    initial_shape: np.ndarray  # (P, 2) float32, normalised to the face rectangle
+    split_features: np.ndarray  # (C, T, S, 2) int64: the two feature pixels each split compares
+    thresholds: np.ndarray  # (C, T, S) float32
+    leaves: np.ndarray  # (C, T, S + 1, P, 2) float32: shape increments
+    anchors: np.ndarray  # (C, F) int64: the landmark each feature pixel hangs from
+    deltas: np.ndarray  # (C, F, 2) float32: its offset from that landmark, in initial_shape's frame
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.initial_shape)
+
+
+def parse_dlib_shape_predictor(data: bytes) -> ShapePredictorWeights:
+    """Parse the bytes of a dlib ``shape_predictor`` file (serialization version 1).
+
+    Raises ``DlibFormatError`` when the stream is not one, or uses trees of unequal depth or
+    levels with different numbers of feature pixels (dlib's trainer makes neither).
+    """
+    r = DlibReader(data)
+    r.version((1,), "shape_predictor")
+    shape_at = r.pos
+    rows, cols = r.int64(), r.int64()
+    if cols not in (1, -1) or rows == 0 or abs(rows) % 2:
+        raise DlibFormatError(f"initial shape of {abs(rows)}x{abs(cols)} values (expected a column of x, y pairs)")
+    # Every leaf is a matrix<float> of the initial shape's size, so it starts with the same bytes.
+    header = data[shape_at : r.pos]
+    starts, ends, blocks = float_blocks(data, header, abs(rows))
+    block_at = {int(s): i for i, s in enumerate(starts)}
+
+    def block(at: int) -> np.ndarray:
+        i = block_at.get(at)
+        if i is None:
+            raise DlibFormatError(f"expected a shape vector at byte {at}")
+        r.pos = int(ends[i])
+        return blocks[i]
+
+    initial = block(shape_at)
+    levels = r.uint64()
+    splits, thresholds, leaves = [], [], []
+    for _ in range(levels):
+        trees = r.uint64()
+        for _ in range(trees):
+            count = r.uint64()
+            tree = [(r.uint64(), r.uint64(), r.real()) for _ in range(count)]  # idx1, idx2, thresh
+            splits.append([(i1, i2) for i1, i2, _ in tree])
+            thresholds.append([t for _, _, t in tree])
+            if r.uint64() != count + 1:
+                raise DlibFormatError(f"a tree with {count} splits must have {count + 1} leaves")
+            leaves.append([block(r.pos) for _ in range(count + 1)])
+    anchors = [[r.uint64() for _ in range(r.uint64())] for _ in range(r.uint64())]
+    deltas = []
+    for _ in range(r.uint64()):
+        n = r.uint64()
+        deltas.append([(r.real(), r.real()) for _ in range(n)])
+    if r.pos != len(data):
+        raise DlibFormatError(f"{len(data) - r.pos} unexpected bytes after the shape predictor")
+    if len(anchors) != levels or len(deltas) != levels:
+        raise DlibFormatError(f"{levels} cascade levels but {len(anchors)} anchor and {len(deltas)} offset lists")
+    if len({len(s) for s in splits}) > 1 or len({len(a) for a in anchors + deltas}) > 1:
+        raise DlibFormatError("trees of unequal depth or levels with different feature pixel counts")
+    parts = abs(rows) // 2
+    trees = len(splits) // max(levels, 1)
+    split_array = np.array(splits, np.int64).reshape(levels, trees, -1, 2)
+    if split_array.size and split_array.max() >= len(anchors[0]):
+        raise DlibFormatError("a split uses a feature pixel that does not exist")
+    anchor_array = np.array(anchors, np.int64)
+    if anchor_array.size and anchor_array.max() >= parts:
+        raise DlibFormatError("a feature pixel hangs from a landmark that does not exist")
+    return ShapePredictorWeights(
+        initial_shape=initial.reshape(parts, 2),
+        split_features=split_array,
+        thresholds=np.array(thresholds, np.float32).reshape(levels, trees, -1),
+        leaves=np.array(leaves, np.float32).reshape(levels, trees, -1, parts, 2),
+        anchors=anchor_array,
+        deltas=np.array(deltas, np.float32).reshape(levels, -1, 2),
+    )
+
+
+def load_dlib_shape_predictor(path: str | os.PathLike) -> ShapePredictorWeights:
+    """Read and parse a dlib shape predictor file; ``UserError`` (one line) when it is not one."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read dlib shape predictor {path}: {exc.strerror or exc}") from None
+    try:
+        return parse_dlib_shape_predictor(data)
+    except DlibFormatError as exc:
+        raise UserError(f"{path} is not a dlib shape predictor: {exc}") from None
+
+
+class TorchShapePredictor(nn.Module):
+    """A dlib shape predictor run on batches of faces (see the module docstring).
+
+    Args:
+        weights: the parsed predictor (:func:`load_dlib_shape_predictor`).
+    """
+
+    def __init__(self, weights: ShapePredictorWeights) -> None:
+        super().__init__()
+        levels, trees, splits = weights.thresholds.shape
+        self.levels, self.trees, self.splits = levels, trees, splits
+        self.depth = int(np.log2(splits + 1))
+        if 2**self.depth != splits + 1:
+            raise UserError(f"shape predictor trees with {splits} splits are not complete binary trees")
+        # Per level, flattened so that one gather reads all trees: both feature pixels of every
+        # split (T * S * 2), every threshold (T * S) and every leaf (T * (S + 1) rows of 2P).
+        self.register_buffer("split_features", torch.from_numpy(weights.split_features).reshape(levels, -1))
+        self.register_buffer("thresholds", torch.from_numpy(weights.thresholds).reshape(levels, trees, splits))
+        self.register_buffer("leaves", torch.from_numpy(weights.leaves).reshape(levels, trees * (splits + 1), -1))
+        self.register_buffer("anchors", torch.from_numpy(weights.anchors))
+        self.register_buffer("deltas", torch.from_numpy(weights.deltas))
+        initial = torch.from_numpy(weights.initial_shape)
+        self.register_buffer("initial_shape", initial)
+        self.register_buffer("similarity_basis", _similarity_basis(initial))
+        # Which leaf each pattern of split outcomes leads to, so a tree is walked in one lookup.
+        self.register_buffer("split_weights", 2 ** torch.arange(splits))
+        self.register_buffer("leaf_of_outcomes", _leaf_table(self.depth))
+
+    @classmethod
+    def from_dlib_file(cls, path: str | os.PathLike | None = None) -> TorchShapePredictor:
+        """The predictor in ``path`` (default: dlib's 68-point model from the model registry)."""
+        return cls(load_dlib_shape_predictor(resolve_model("dlib_landmarks68", path)))
+
+    @property
+    def num_parts(self) -> int:
+        return int(self.initial_shape.shape[0])
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
+        """Landmarks (B, P, 2) float32 in image pixels, unrounded.
+
+        Args:
+            images: (B, H, W) grey or (B, H, W, 3) RGB images, uint8 (or float holding 0-255
+                integers), all of one size; RGB is read as dlib reads it, ``(r + g + b) // 3``.
+            rects: (B, 4) face rectangles ``left, top, right, bottom`` in dlib's convention
+                (inclusive corners), one per image.
+        """
+        if images.ndim == 4 and images.shape[-1] == 3:
+            images = dlib_grey(images)
+        if images.ndim != 3 or tuple(rects.shape) != (images.shape[0], 4):
+            raise UserError(
+                f"expected (B, H, W[, 3]) images and (B, 4) rects, got {tuple(images.shape)}, {tuple(rects.shape)}"
+            )
+        batch, height, width = images.shape
+        device = self.initial_shape.device
+        pixels = images.to(device=device, dtype=torch.float32).reshape(batch, height * width)
+        rects = rects.to(device=device, dtype=torch.float64)
+        origin, scale = rects[:, None, :2], (rects[:, 2:] - rects[:, :2])[:, None]
+        last_pixel = torch.tensor([width - 1, height - 1], device=device)
+        row_stride = torch.tensor([1, width], device=device)
+        leaf_base = torch.arange(self.trees, device=device) * (self.splits + 1)
+        faces = torch.arange(batch, device=device).repeat_interleave(self.trees)
+        shape = self.initial_shape.expand(batch, -1, -1).clone()
+        for level in range(self.levels):
+            # dlib: tform (float 2x2) * delta + anchor location, in the normalised frame; then
+            # to pixels in double and rounded. Products summed as two float32 terms, like dlib.
+            a, b = (shape.reshape(batch, -1).double() @ self.similarity_basis).float().unbind(1)
+            dx, dy = self.deltas[level].unbind(1)
+            anchored = shape.index_select(1, self.anchors[level])
+            # [[a, -b], [b, a]] @ delta in float32 as dlib does it (a * dx + (-b) * dy), plus the anchor.
+            offsets = torch.stack([dx * a[:, None] - dy * b[:, None], dx * b[:, None] + dy * a[:, None]], -1) + anchored
+            where = torch.floor(offsets.double() * scale + origin + 0.5).long()
+            clamped = torch.minimum(where.clamp(min=0), last_pixel)
+            inside = (where == clamped).all(dim=-1)
+            features = pixels.gather(1, (clamped * row_stride).sum(-1)) * inside
+            pairs = features.index_select(1, self.split_features[level]).reshape(batch, self.trees, self.splits, 2)
+            goes_left = (pairs[..., 0] - pairs[..., 1]) > self.thresholds[level]  # (B, T, S)
+            outcomes = (goes_left * self.split_weights).sum(-1)  # (B, T): bit i = split i goes left
+            leaf = self.leaf_of_outcomes[outcomes] + leaf_base
+            shape = self._add_leaves(shape, leaf, faces, level)
+        return (shape.double() * scale + origin).float()
+
+    def _add_leaves(self, shape: torch.Tensor, leaf: torch.Tensor, faces: torch.Tensor, level: int) -> torch.Tensor:
+        """``shape`` plus the leaves (B, T) of this level. On the CPU the increments are added one
+        tree after another in float32, in dlib's order, so the result is dlib's to the bit;
+        elsewhere they are summed first (an order difference of ~1e-6 of the face size)."""
+        batch = shape.shape[0]
+        if _adds_in_dlib_order(shape.device):
+            rows = self.leaves[level].index_select(0, leaf.reshape(-1))
+            return shape.reshape(batch, -1).index_add(0, faces, rows).reshape(shape.shape)
+        return shape + F.embedding_bag(leaf, self.leaves[level], mode="sum").reshape(shape.shape)
+
+
+def _adds_in_dlib_order(device: torch.device) -> bool:
+    """Whether leaves are added one at a time in dlib's order: on the CPU, where index_add runs
+    sequentially; CUDA's index_add uses atomics (no fixed order), so there they are summed."""
+    return device.type == "cpu"
+
+
+def dlib_grey(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 RGB -> (..., H, W) int32 grey as dlib reads a colour pixel: (r + g + b) // 3."""
+    return rgb.to(torch.int32).sum(dim=-1).div(3, rounding_mode="floor")
+
+
+def _leaf_table(depth: int) -> torch.Tensor:
+    """(2**S,) the leaf (0..S) a complete tree of ``depth`` reaches for each pattern of its S split
+    outcomes (bit i set: split i goes left). Node i's children are 2i + 1 (left) and 2i + 2."""
+    splits = 2**depth - 1
+    if splits > 20:
+        raise UserError(f"shape predictor trees of depth {depth} are deeper than supported (at most 4)")
+    outcomes = torch.arange(2**splits)
+    node = torch.zeros_like(outcomes)
+    for _ in range(depth):
+        node = 2 * node + 2 - ((outcomes >> node) & 1)
+    return node - splits
+
+
+def _similarity_basis(source: torch.Tensor) -> torch.Tensor:
+    """(2P, 2) float64 K such that ``target.reshape(-1) @ K = (a, b)``: the least-squares
+    similarity ``[[a, -b], [b, a]]`` from ``source`` (P, 2) onto ``target`` (P, 2).
+
+    This is the closed 2-D form of Umeyama's method (dlib's ``find_similarity_transform``): the
+    rotation that maximises ``trace(R^T cov)`` has angle ``atan2(cov10 - cov01, cov00 + cov11)``
+    and the scale is that maximum over the source's variance, so ``a = sum(t . s) / sum|s|^2``
+    and ``b = sum(t x s) / sum|s|^2`` over centred points. Centring the target is not needed:
+    the centred source sums to zero.
+    """
+    src = source.double() - source.double().mean(dim=0)
+    norm = (src**2).sum()
+    dot = src / norm  # a: t_x s_x + t_y s_y
+    cross = torch.stack([-src[:, 1], src[:, 0]], dim=1) / norm  # b: t_y s_x - t_x s_y
+    return torch.stack([dot.reshape(-1), cross.reshape(-1)], dim=1)

@@ -1,0 +1,256 @@
+"""dlib's shape predictor in PyTorch: its reading of dlib's file, and the same points as dlib's."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import dlib
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+
+import streamanon.faces.shape_predictor_torch as spt
+from streamanon.config import AnonymizerConfig, LandmarksConfig
+from streamanon.errors import UserError
+from streamanon.faces.detect import CenterFaceDetector
+from streamanon.faces.dlib_serial import DlibFormatError, DlibReader, float_blocks
+from streamanon.faces.landmarks import LandmarkPredictor
+from streamanon.faces.shape_predictor_torch import TorchShapePredictor, load_dlib_shape_predictor
+from streamanon.models import resolve_model
+
+WORK = 160  # the predictor square in LandmarkPredictor's working crop
+SQUARE = (80, 80, 240, 240)
+
+
+# ---------------------------------------------------------------------------------------------
+# dlib's serialization, written here the way dlib/serialize.h writes it
+
+
+def dlib_int(value: int) -> bytes:
+    magnitude = abs(value).to_bytes(8, "little").rstrip(b"\0")
+    return bytes([len(magnitude) | (0x80 if value < 0 else 0)]) + magnitude
+
+
+def dlib_float(value: float) -> bytes:
+    mantissa, exponent = math.frexp(value)
+    return dlib_int(int(mantissa * 2**24)) + dlib_int(exponent - 24)
+
+
+def test_float_blocks_decodes_every_block_after_the_header():
+    rng = np.random.default_rng(0)
+    header = dlib_int(-6) + dlib_int(-1)
+    blocks = rng.normal(0, 3, (5, 6)).astype(np.float32)
+    blocks[1, 2], blocks[2, 0] = 0.0, -1e-30
+    stream = dlib_int(1) + dlib_float(2.5)  # other data first: not a block
+    for block in blocks:
+        stream += dlib_int(len(block)) + header + b"".join(dlib_float(float(v)) for v in block)
+    starts, ends, values = float_blocks(stream, header, 6)
+    assert len(starts) == 5
+    np.testing.assert_array_equal(values, blocks)
+    reader = DlibReader(stream)  # the one-value-at-a-time reader agrees, and ends where the blocks end
+    for start, end, block in zip(starts, ends, blocks):
+        reader.pos = int(start) + len(header)
+        assert [reader.real() for _ in range(6)] == [float(v) for v in block]
+        assert reader.pos == end
+    with pytest.raises(DlibFormatError, match="past the end"):
+        float_blocks(stream[:-3], header, 6)
+    assert float_blocks(stream, b"\x85\x01", 6)[0].size == 0
+
+
+def test_float_blocks_rejects_malformed_integers():
+    header = dlib_int(-2) + dlib_int(-1)
+    with pytest.raises(DlibFormatError, match="malformed"):
+        float_blocks(header + b"\x31\x01" + dlib_int(0) + dlib_float(1.0), header, 2)  # 0x30: reserved bits
+
+
+# ---------------------------------------------------------------------------------------------
+# the model file
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return load_dlib_shape_predictor(resolve_model("dlib_landmarks68"))
+
+
+@pytest.fixture(scope="module")
+def predictor(weights) -> TorchShapePredictor:
+    return TorchShapePredictor(weights)
+
+
+@pytest.fixture(scope="module")
+def dlib_predictor():
+    return dlib.shape_predictor(str(resolve_model("dlib_landmarks68")))
+
+
+def test_reads_dlibs_68_point_model(weights):
+    # 15 cascade levels of 500 depth-4 trees, 500 feature pixels a level (dlib's published model).
+    assert weights.initial_shape.shape == (68, 2)
+    assert weights.split_features.shape == (15, 500, 15, 2)
+    assert weights.leaves.shape == (15, 500, 16, 68, 2)
+    assert weights.anchors.shape == (15, 500) and weights.deltas.shape == (15, 500, 2)
+    assert weights.anchors.max() < 68 and weights.split_features.max() < 500
+    # The mean shape lies in the unit square of the face rectangle, chin below the eyes.
+    assert 0 <= weights.initial_shape.min() and weights.initial_shape.max() <= 1.1
+    assert weights.initial_shape[8, 1] > weights.initial_shape[36:48, 1].max()
+    assert np.isfinite(weights.leaves).all() and np.abs(weights.leaves).max() < 1
+
+
+def test_reads_the_5_point_model_too():
+    five = load_dlib_shape_predictor(resolve_model("dlib_landmarks5"))
+    assert five.initial_shape.shape == (5, 2) and five.leaves.shape[-2:] == (5, 2)
+    assert five.deltas.shape[1] == five.anchors.shape[1]
+
+
+def test_bad_files_are_one_line_user_errors(tmp_path):
+    data = resolve_model("dlib_landmarks68").read_bytes()
+    for name, content, message in [
+        ("cut.dat", data[: len(data) // 2], "not a dlib shape predictor"),
+        ("resnet.dat", resolve_model("dlib_face_embedding").read_bytes()[:100_000], "not a dlib shape predictor"),
+        ("empty.dat", b"", "not a dlib shape predictor"),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(UserError, match=message) as err:
+            load_dlib_shape_predictor(path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="cannot read"):
+        load_dlib_shape_predictor(tmp_path / "missing.dat")
+
+
+def test_similarity_basis_gives_dlibs_least_squares_similarity():
+    rng = np.random.default_rng(1)
+    source = torch.from_numpy(rng.uniform(0, 1, (68, 2)))
+    angle, scale = 0.3, 1.7
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    exact = source.numpy() @ rotation.T + [0.2, -0.1]
+    noisy = exact + rng.normal(0, 0.01, exact.shape)
+    targets = torch.from_numpy(np.stack([exact, noisy]))
+    a, b = (targets.reshape(2, -1) @ spt._similarity_basis(source)).numpy().T
+    m = np.stack([np.array([[a[i], -b[i]], [b[i], a[i]]]) for i in range(2)])
+    np.testing.assert_allclose(m[0], rotation, atol=1e-9)
+    # Least squares: the noisy fit beats nearby similarities.
+    centred_src = source.numpy() - source.numpy().mean(0)
+    centred_dst = noisy - noisy.mean(0)
+
+    def error(mat):
+        return ((centred_src @ mat.T - centred_dst) ** 2).sum()
+
+    for da, db in [(0.01, 0), (-0.01, 0), (0, 0.01), (0, -0.01)]:
+        other = m[1] + np.array([[da, -db], [db, da]])
+        assert error(m[1]) < error(other)
+
+
+# ---------------------------------------------------------------------------------------------
+# the same points as dlib's
+
+
+def _dlib_points(dlib_predictor, image: np.ndarray, rect) -> np.ndarray:
+    shape = dlib_predictor(image, dlib.rectangle(*rect))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def _rounded(points: torch.Tensor) -> np.ndarray:
+    return torch.floor(points + 0.5).numpy()
+
+
+def test_matches_dlib_to_the_pixel_on_noise_and_partly_outside_rects(predictor, dlib_predictor):
+    """Any image, any rectangle (here noise and smooth blobs, rectangles reaching past the
+    border so that feature pixels fall outside): on the CPU every point is dlib's."""
+    rng = np.random.default_rng(2)
+    noise = rng.integers(0, 256, (3, 120, 150, 3), dtype=np.uint8)
+    blobs = cv2.GaussianBlur(noise[0], (0, 0), 6)
+    grey_rgb = np.repeat(noise[0, :, :, :1], 3, axis=2)
+    images = np.concatenate([noise, blobs[None], grey_rgb[None]])
+    rects = np.array([[20, 10, 120, 110], [-30, -20, 60, 70], [100, 60, 190, 150], [5, 5, 144, 114], [40, 30, 90, 80]])
+    ours = _rounded(predictor(torch.from_numpy(images), torch.from_numpy(rects)))
+    for image, rect, points in zip(images, rects, ours):
+        np.testing.assert_array_equal(points, _dlib_points(dlib_predictor, image, rect))
+
+
+@pytest.fixture(scope="module")
+def face_crops() -> list[np.ndarray]:
+    """Predictor crops of the first HELEN test faces, cut exactly as LandmarkPredictor cuts them."""
+    folder = shared_path("landmarks68/helen_test")
+    detector, landmarks = CenterFaceDetector(), LandmarkPredictor()
+    crops = []
+    for jpg in sorted(folder.glob("*.jpg"))[:24]:
+        image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
+        found = detector(image)
+        if len(found):
+            from streamanon.faces.align import warp_image
+            from streamanon.faces.landmarks import predictor_frames
+
+            centre, side, angle = (v[0] for v in predictor_frames(found.boxes[:1], found.keypoints[:1]))
+            crops.append(warp_image(image, landmarks._to_crop(centre, float(side), float(angle)), 2 * WORK))
+    assert len(crops) >= 20
+    return crops
+
+
+def test_matches_dlib_to_the_pixel_on_faces_batched(predictor, dlib_predictor, face_crops):
+    batch = torch.from_numpy(np.stack(face_crops))
+    rects = torch.tensor([SQUARE] * len(face_crops))
+    points = predictor(batch, rects)
+    for crop, ours in zip(face_crops, _rounded(points)):
+        np.testing.assert_array_equal(ours, _dlib_points(dlib_predictor, crop, SQUARE))
+    # A face's points do not depend on the rest of the batch.
+    alone = predictor(batch[3:4], rects[3:4])
+    np.testing.assert_array_equal(alone[0].numpy(), points[3].numpy())
+    # Unrounded, they carry what dlib's rounding drops (mean |difference| ~0.25 px, never 0.5+).
+    difference = np.abs(points.numpy() - _rounded(points))
+    assert difference.max() <= 0.5 and difference.mean() > 0.15
+
+
+def test_summed_leaves_stay_within_float_rounding(predictor, face_crops, monkeypatch):
+    """Off the CPU the leaves of a level are summed before they are added (one embedding_bag):
+    float32 rounding in another order. Run that path here and bound its drift."""
+    batch, rects = torch.from_numpy(np.stack(face_crops)), torch.tensor([SQUARE] * len(face_crops))
+    sequential = predictor(batch, rects)
+    monkeypatch.setattr(spt, "_adds_in_dlib_order", lambda device: False)
+    summed = predictor(batch, rects)
+    drift = (summed - sequential).abs()
+    # Mostly ~1e-4 px; where a feature pixel lands on the other side of a rounding boundary, a
+    # tree takes another branch and points move (measured: at most 0.42 px on these faces).
+    assert drift.median() < 0.01 and drift.max() < 2
+
+
+def test_landmark_predictor_backends_give_the_same_landmarks(face_crops):
+    folder = shared_path("landmarks68/afw")
+    detector = CenterFaceDetector()
+    by_backend = {name: LandmarkPredictor(backend=name) for name in ("dlib", "torch")}
+    raw = {name: LandmarkPredictor(backend=name, conversion="none") for name in ("dlib", "torch")}
+    faces = 0
+    for jpg in sorted(folder.glob("*.jpg"))[:8]:
+        image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
+        found = detector(image)
+        faces += len(found)
+        for predictors, kps in ((by_backend, found.keypoints), (raw, None)):
+            np.testing.assert_array_equal(
+                predictors["torch"].predict(image, found.boxes, kps), predictors["dlib"].predict(image, found.boxes, kps)
+            )
+    assert faces >= 12  # several frames hold more than one face: batches, not single faces
+    assert by_backend["torch"].predict(image, np.zeros((0, 4))).shape == (0, 68, 2)
+    assert by_backend["torch"].where == "torch on cpu" and by_backend["dlib"].where == "dlib"
+
+
+def test_backend_setting_and_its_errors():
+    assert LandmarkPredictor.from_config(LandmarksConfig()).backend == "dlib"  # auto on a CPU
+    assert LandmarkPredictor.from_config(LandmarksConfig(backend="torch")).backend == "torch"
+    with pytest.raises(UserError, match="landmarks.backend"):
+        AnonymizerConfig().with_overrides({"landmarks.backend": "tensorrt"})
+    with pytest.raises(UserError, match="landmark backend"):
+        LandmarkPredictor(backend="onnx")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"\(B, H, W"):
+        TorchShapePredictor.from_dlib_file()(torch.zeros(2, 8, 8, 4, dtype=torch.uint8), torch.zeros(2, 4))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_the_cpu_within_float_rounding(predictor, face_crops):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cuda = TorchShapePredictor.from_dlib_file().to("cuda")
+    batch, rects = torch.from_numpy(np.stack(face_crops)), torch.tensor([SQUARE] * len(face_crops))
+    on_cpu = predictor(batch, rects)  # dlib's points, unrounded
+    drift = (cuda(batch.cuda(), rects).cpu() - on_cpu).abs()
+    assert drift.median() < 0.01 and drift.max() < 2  # float32 sums in another order, as on the CPU test
