@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from .config import MODES, load_config
+from .config import LANDMARK_BACKENDS, MODES, load_config
 from .errors import UserError
 
 EXIT_USER_ERROR = 1
@@ -68,6 +68,11 @@ def pipeline_options(command):
             type=click.IntRange(0, 1024),
             help="Fake identities the identity guard may try per new face; 0 = no guard [32].",
         ),
+        click.option(
+            "--landmarks-backend",
+            type=click.Choice(LANDMARK_BACKENDS),
+            help="Who runs dlib's landmark predictor: dlib, or torch (same points, faces batched) [auto: torch on a GPU].",
+        ),
         click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
         click.option("--codec", type=str, help="Output video codec [libx264]."),
         click.option("--crf", type=click.IntRange(0, 63), help="Output quality, lower is better [18]."),
@@ -90,6 +95,7 @@ def config_from_options(opts: dict):
         "generate.weights": opts.get("weights"),
         "generate.seed": opts.get("seed"),
         "generate.guard_candidates": opts.get("guard_candidates"),
+        "landmarks.backend": opts.get("landmarks_backend"),
         "device": opts.get("device"),
         "encode.codec": opts.get("codec"),
         "encode.crf": opts.get("crf"),

@@ -24,6 +24,7 @@ MODES: tuple[str, ...] = ("generate", "blur", "pixelate", "solid")
 
 
 DETECT_BACKENDS = ("auto", "onnxruntime", "torch")
+LANDMARK_BACKENDS = ("auto", "dlib", "torch")
 # Where the identity guard embeds a candidate (generate/guard.py) and where faces are composited
 # (generate/compose.py): the accepted values, defined once for the config, the classes and the CLI.
 GuardLandmarks = Literal["condition", "own", "both"]
@@ -63,6 +64,22 @@ class TrackConfig:
     iou_threshold: float = 0.2  # minimum IoU to match a detection to a track
     max_missed: int = 12  # frames a track coasts on its predicted box before it is dropped
     min_hits: int = 1  # detections needed before a track is reported (1: hide at once)
+
+
+@dataclass(frozen=True)
+class LandmarksConfig:
+    """dlib's 68-point shape predictor on each detected face."""
+
+    # Who runs it: dlib (C++, one face at a time, holds the GIL: ~3 ms a face on 2 CPU cores),
+    # torch (the same trees read from dlib's file, all faces of a frame at once, on the
+    # pipeline's device; the same points as dlib's), or auto: torch on a GPU, dlib otherwise.
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in LANDMARK_BACKENDS:
+            raise UserError(
+                f"landmarks.backend must be one of {', '.join(LANDMARK_BACKENDS)}, got {self.backend!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -178,6 +195,7 @@ class AnonymizerConfig:
 
     detect: DetectConfig = field(default_factory=DetectConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
     replace: ReplaceConfig = field(default_factory=ReplaceConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)

@@ -74,7 +74,7 @@ class Anonymizer:
                     seed=self.config.generate.seed,
                 )
             self.generator = generator
-            self.landmarks = LandmarkPredictor()
+            self.landmarks = LandmarkPredictor.from_config(self.config.landmarks, device=self.config.device)
             from .generate.guard import postprocessings
 
             from .generate.compose import FaceCompositor
@@ -104,7 +104,8 @@ class Anonymizer:
         """What replaces faces: the generator backend in generate mode, else the mode."""
         if self._generate:
             where = f", composite on {self.compositor.where}" if self.compositor.on_device else ""
-            return f"generate ({self.generator.backend_name}{where})"
+            landmarks = f", landmarks {self.landmarks.where}" if self.landmarks.backend != "dlib" else ""
+            return f"generate ({self.generator.backend_name}{where}{landmarks})"
         return self.config.mode
 
     @property

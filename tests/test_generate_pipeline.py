@@ -296,6 +296,22 @@ def test_with_the_torch_detector_each_frame_is_uploaded_once(frames):
         assert np.abs(a.astype(int) - b).mean() < 0.05  # measured: 0.0004-0.0008
 
 
+def test_torch_landmarks_give_the_same_frames_as_dlibs(frames):
+    """landmarks.backend = torch runs dlib's trees for both faces of a frame at once; the points
+    are dlib's, so the anonymized frames are the same to the byte."""
+    pair = _two_faces(frames[:2])
+    outputs = {}
+    for backend in ("dlib", "torch"):
+        anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+            {"replace.mode": "generate", "landmarks.backend": backend}))  # fmt: skip
+        outputs[backend] = [anonymizer.process_frame(Frame(f, i))[0] for i, f in enumerate(pair)]
+        assert ("landmarks torch on cpu" in anonymizer.backend_name) == (backend == "torch")
+        assert anonymizer.landmarks is anonymizer.guard.observer.predictor  # the guard's too
+    for a, b, original in zip(outputs["dlib"], outputs["torch"], pair):
+        np.testing.assert_array_equal(a, b)
+        assert (a != original).any(axis=-1).sum() > 5000
+
+
 def test_composite_setting_reaches_the_summary_and_rejects_bad_values():
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.composite": "device"}))
     assert anonymizer.backend_name.endswith(", composite on cpu)")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from ..errors import UserError
 from ..models import resolve_model
 from .align import points_to_frame, warp_image
 from .detect import as_rgb_uint8
+
+if TYPE_CHECKING:
+    from ..config import LandmarksConfig
 
 # Keypoint conversion (the default when CenterFace keypoints are available).
 KP_SCALE = 0.9  # square side / sqrt(box area)
@@ -133,7 +136,7 @@ def predictor_frames(
 
 
 class LandmarkPredictor:
-    """dlib 68-point shape predictor fed with converted CenterFace detections.
+    """dlib's 68-point shape predictor fed with converted CenterFace detections.
 
     Args:
         model_path: explicit ``shape_predictor_68_face_landmarks.dat``; default from the
@@ -142,6 +145,10 @@ class LandmarkPredictor:
             or ``"none"`` (the raw box handed to dlib on the frame: for benchmarks only).
         work_size: side of the predictor square in the working crop, pixels.
         kp_scale, kp_shift, box_scale, box_shift_y: the conversion constants.
+        backend: ``"dlib"`` (dlib's C++, one face at a time) or ``"torch"`` (the same trees in
+            PyTorch, all faces of a call at once, see ``shape_predictor_torch``; the points are
+            rounded as dlib rounds them, so both give the same landmarks).
+        device: where the torch backend runs.
     """
 
     def __init__(
@@ -153,17 +160,43 @@ class LandmarkPredictor:
         kp_shift: float = KP_SHIFT,
         box_scale: float = BOX_SCALE,
         box_shift_y: float = BOX_SHIFT_Y,
+        backend: Literal["dlib", "torch"] = "dlib",
+        device: str = "cpu",
     ) -> None:
-        import dlib
-
         if conversion not in ("auto", "keypoints", "box", "none"):
             raise UserError(f"unknown landmark box conversion '{conversion}'")
-        self._dlib = dlib
+        if backend not in ("dlib", "torch"):
+            raise UserError(f"landmark backend must be dlib or torch, got {backend!r}")
         self.model_path = resolve_model("dlib_landmarks68", model_path)
-        self.predictor = dlib.shape_predictor(str(self.model_path))
+        self.backend = backend
+        if backend == "dlib":
+            import dlib
+
+            self._dlib = dlib
+            self.predictor = dlib.shape_predictor(str(self.model_path))
+        else:
+            import torch
+
+            from .shape_predictor_torch import TorchShapePredictor
+
+            self.device = torch.device(device)
+            self.predictor = TorchShapePredictor.from_dlib_file(self.model_path).to(self.device)
         self.conversion = conversion
         self.work_size = int(work_size)
         self.params = dict(kp_scale=kp_scale, kp_shift=kp_shift, box_scale=box_scale, box_shift_y=box_shift_y)
+
+    @classmethod
+    def from_config(cls, config: "LandmarksConfig", device: str = "cpu") -> "LandmarkPredictor":
+        """Build from the ``[landmarks]`` section: ``auto`` is torch on a GPU, dlib otherwise."""
+        backend = config.backend
+        if backend == "auto":
+            backend = "dlib" if str(device).startswith("cpu") else "torch"
+        return cls(backend=backend, device=device)
+
+    @property
+    def where(self) -> str:
+        """Who runs the predictor, for run summaries: ``dlib`` or ``torch on <device>``."""
+        return "dlib" if self.backend == "dlib" else f"torch on {self.device}"
 
     def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None) -> np.ndarray:
         """Landmarks (N, 68, 2) float32 in dlib/iBUG order.
@@ -184,33 +217,49 @@ class LandmarkPredictor:
             raise UserError(f"expected face boxes of shape (N, 4), got {boxes.shape}")
         if not np.isfinite(boxes).all():
             raise UserError("face boxes contain NaN or infinite values")
-        out = np.empty((len(boxes), 68, 2), np.float32)
         if self.conversion == "none":
-            for i, (x1, y1, x2, y2) in enumerate(boxes):
-                rect = self._dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
-                out[i] = _parts(self.predictor(image, rect))
-            return out
+            rects = np.array([[round(v) for v in box] for box in boxes], np.int64)
+            return self._run([image] * len(boxes), rects)
         if self.conversion == "box":
             keypoints = None
         elif self.conversion == "keypoints" and keypoints is None:
             raise UserError("landmark conversion 'keypoints' needs the detector's keypoints")
         centres, sides, angles = predictor_frames(boxes, keypoints, **self.params)
-        for i in range(len(boxes)):
-            out[i] = self._predict_one(image, centres[i], max(float(sides[i]), 1.0), float(angles[i]))
-        return out
+        to_crops = [self._to_crop(centres[i], max(float(sides[i]), 1.0), float(angles[i])) for i in range(len(boxes))]
+        crops = [warp_image(image, to_crop, 2 * self.work_size) for to_crop in to_crops]
+        half = self.work_size // 2
+        square = np.array([[half, half, half + self.work_size, half + self.work_size]] * len(crops), np.int64)
+        points = self._run(crops, square)
+        return np.stack([points_to_frame(p, m) for p, m in zip(points, to_crops)]).astype(np.float32)
 
-    def _predict_one(self, image: np.ndarray, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
+    def _to_crop(self, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
+        """Frame -> crop (2, 3): rotate by -angle about the centre, zoom the predictor square to
+        ``work_size``, centre it in a crop twice that size (the shape may leave the square)."""
         size = self.work_size
         zoom = size / side
-        # frame -> crop: rotate by -angle about the centre, zoom, centre at (size, size);
-        # the crop is twice the predictor square because the shape may leave the square.
         cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
         to_crop = np.array([[cos, sin, 0.0], [-sin, cos, 0.0]])
         to_crop[:, 2] = size - to_crop[:, :2] @ centre
-        crop = warp_image(image, to_crop, 2 * size)
-        half = size // 2
-        points = _parts(self.predictor(crop, self._dlib.rectangle(half, half, half + size, half + size)))
-        return points_to_frame(points, to_crop).astype(np.float32)
+        return to_crop
+
+    def _run(self, images: list[np.ndarray], rects: np.ndarray) -> np.ndarray:
+        """The predictor's points (N, 68, 2) on ``images[i]`` in ``rects[i]`` (dlib's inclusive
+        left, top, right, bottom), as whole pixels like dlib's."""
+        if self.backend == "dlib":
+            return np.stack(
+                [_parts(self.predictor(img, self._dlib.rectangle(*map(int, r)))) for img, r in zip(images, rects)]
+            )
+        import torch
+
+        from .shape_predictor_torch import dlib_grey
+
+        if all(img is images[0] for img in images):  # one frame, several boxes: read it once
+            frame = dlib_grey(torch.from_numpy(images[0]).to(self.device))
+            batch = frame[None].expand(len(images), *frame.shape)
+        else:
+            batch = torch.from_numpy(np.stack(images)).to(self.device)
+        points = self.predictor(batch, torch.from_numpy(rects))
+        return torch.floor(points + 0.5).cpu().numpy()
 
 
 def _parts(shape) -> np.ndarray:
