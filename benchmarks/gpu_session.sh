@@ -6,7 +6,7 @@
 #      host and device compositing; JSON in $OUT),
 #   3. with the carried payload (PyAV, dlib, the dlib models: benchmarks/gpu_carry.py), the whole
 #      pipeline on CUDA: `streamanon bench --device cuda` on the street clip and synthetic scenes,
-#      a `streamanon stream` run in streaming order (latency p50/p99) and the whole `streamanon
+#      the landmark stage (dlib against its PyTorch port on CUDA), a `streamanon stream` run in streaming order (latency p50/p99) and the whole `streamanon
 #      file` job (issue #5's 1080p / 4 faces / fps and p99 targets),
 #      (steps 1-3 share one time budget, $GPU_SESSION_SECONDS)
 #   4. optionally, a timed run of the U-Net GAN trainer (resumes from runs/gpu if carried back in),
@@ -86,7 +86,8 @@ if [[ "$full" == 1 ]]; then
     test_files=(tests/)
 else
     test_files=(tests/test_photometric_cuda.py tests/test_export.py tests/test_generate.py tests/test_detect.py
-                tests/test_resnet_torch.py tests/test_composite_torch.py tests/test_compose.py)
+                tests/test_resnet_torch.py tests/test_composite_torch.py tests/test_compose.py
+                tests/test_shape_predictor_torch.py)
 fi
 step "gpu tests" 140 gpu_tests.log python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
     --continue-on-collection-errors "${test_files[@]}"
@@ -110,6 +111,8 @@ if [[ "$full" == 1 ]]; then
         --faces-dir .gpu_data/faces/utkface --resolutions 640x360,1920x1080 --face-counts 1,4,8 \
         --mode generate --mode blur --frames 60 --repeats 3 --no-deface --generator-backend eager \
         --out "$OUT/stages-cuda.json"
+    step "landmarks (dlib vs torch on cuda)" 45 landmarks_cuda.log python3 benchmarks/bench_landmarks.py \
+        --device cuda --faces-dir .gpu_data/faces/utkface --frames 20 --out "$OUT/landmarks-cuda.json"
     step "stream (cuda, generate, lossless)" 40 stream_cuda.log python3 -m streamanon stream "$clip" \
         /tmp/stream_cuda.mp4 --mode generate --device cuda --latency lossless --config /tmp/eager.toml
     step "file (cuda, generate)" 40 file_cuda.log python3 -m streamanon file "$clip" /tmp/file_cuda.mp4 \
