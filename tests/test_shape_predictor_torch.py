@@ -234,6 +234,24 @@ def test_landmark_predictor_backends_give_the_same_landmarks(face_crops):
     assert by_backend["torch"].where == "torch on cpu" and by_backend["dlib"].where == "dlib"
 
 
+def test_a_failing_torch_predictor_hands_over_to_dlib(caplog):
+    """A CUDA error in the port must not blur every face from then on: dlib takes over, with the
+    same points, and the run says so once."""
+    image = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    box = np.array([[20.0, 15.0, 90.0, 85.0]])
+    expected = LandmarkPredictor(backend="dlib").predict(image, box)
+    landmarks = LandmarkPredictor(backend="torch")
+
+    def broken(images, rects):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    landmarks._torch_predictor = broken
+    np.testing.assert_array_equal(landmarks.predict(image, box), expected)
+    assert landmarks.where == "dlib" and "dlib runs it from now on" in caplog.text
+    np.testing.assert_array_equal(landmarks.predict(image, box), expected)
+    assert caplog.text.count("dlib runs it from now on") == 1
+
+
 def test_backend_setting_and_its_errors():
     assert LandmarkPredictor.from_config(LandmarksConfig()).backend == "dlib"  # auto on a CPU
     assert LandmarkPredictor.from_config(LandmarksConfig(backend="torch")).backend == "torch"

@@ -37,6 +37,7 @@ in-the-wild AFW faces; squaring the box is most of the gain of the box-only conv
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,8 @@ from .detect import as_rgb_uint8
 
 if TYPE_CHECKING:
     from ..config import LandmarksConfig
+
+log = logging.getLogger(__name__)
 
 # Keypoint conversion (the default when CenterFace keypoints are available).
 KP_SCALE = 0.9  # square side / sqrt(box area)
@@ -170,20 +173,23 @@ class LandmarkPredictor:
         self.model_path = resolve_model("dlib_landmarks68", model_path)
         self.backend = backend
         if backend == "dlib":
-            import dlib
-
-            self._dlib = dlib
-            self.predictor = dlib.shape_predictor(str(self.model_path))
+            self._load_dlib()
         else:
             import torch
 
             from .shape_predictor_torch import TorchShapePredictor
 
             self.device = torch.device(device)
-            self.predictor = TorchShapePredictor.from_dlib_file(self.model_path).to(self.device)
+            self._torch_predictor = TorchShapePredictor.from_dlib_file(self.model_path).to(self.device)
         self.conversion = conversion
         self.work_size = int(work_size)
         self.params = dict(kp_scale=kp_scale, kp_shift=kp_shift, box_scale=box_scale, box_shift_y=box_shift_y)
+
+    def _load_dlib(self) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self._dlib_predictor = dlib.shape_predictor(str(self.model_path))
 
     @classmethod
     def from_config(cls, config: "LandmarksConfig", device: str = "cpu") -> "LandmarkPredictor":
@@ -245,10 +251,19 @@ class LandmarkPredictor:
     def _run(self, images: list[np.ndarray], rects: np.ndarray) -> np.ndarray:
         """The predictor's points (N, 68, 2) on ``images[i]`` in ``rects[i]`` (dlib's inclusive
         left, top, right, bottom), as whole pixels like dlib's."""
-        if self.backend == "dlib":
-            return np.stack(
-                [_parts(self.predictor(img, self._dlib.rectangle(*map(int, r)))) for img, r in zip(images, rects)]
-            )
+        if self.backend == "torch":
+            try:
+                return self._run_torch(images, rects)
+            except RuntimeError:  # e.g. a CUDA error: dlib gives the same points, only slower
+                log.warning("the PyTorch landmark predictor failed on %s; dlib runs it from now on", self.device,
+                            exc_info=True)  # fmt: skip
+                self._load_dlib()
+                self.backend = "dlib"  # after the load: another thread may be in this method
+        return np.stack(
+            [_parts(self._dlib_predictor(img, self._dlib.rectangle(*map(int, r)))) for img, r in zip(images, rects)]
+        )
+
+    def _run_torch(self, images: list[np.ndarray], rects: np.ndarray) -> np.ndarray:
         import torch
 
         from .shape_predictor_torch import dlib_grey
@@ -258,7 +273,7 @@ class LandmarkPredictor:
             batch = frame[None].expand(len(images), *frame.shape)
         else:
             batch = torch.from_numpy(np.stack(images)).to(self.device)
-        points = self.predictor(batch, torch.from_numpy(rects))
+        points = self._torch_predictor(batch, torch.from_numpy(rects))
         return torch.floor(points + 0.5).cpu().numpy()
 
 
