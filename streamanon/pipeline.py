@@ -228,7 +228,7 @@ class Anonymizer:
                 keypoints = np.stack(
                     [tr.keypoints if tr.keypoints is not None else np.full((5, 2), np.nan, np.float32) for tr in tracks]
                 )
-                points = self.landmarks.predict(image, boxes, keypoints)
+                points = self.landmarks.predict(image, boxes, keypoints, frame=frame_tensor)
             aligned: list[AlignedFace] = []
             for track, pts in zip(tracks, points):
                 with timer.stage("track"):  # landmark smoothing is part of tracking

@@ -204,7 +204,8 @@ class LandmarkPredictor:
         """Who runs the predictor, for run summaries: ``dlib`` or ``torch on <device>``."""
         return "dlib" if self.backend == "dlib" else f"torch on {self.device}"
 
-    def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None,
+                frame=None) -> np.ndarray:  # fmt: skip
         """Landmarks (N, 68, 2) float32 in dlib/iBUG order.
 
         Args:
@@ -212,6 +213,10 @@ class LandmarkPredictor:
             boxes: (N, 4) CenterFace boxes x1 y1 x2 y2 (frame pixels).
             keypoints: optional (N, 5, 2) CenterFace keypoints; they make the prediction
                 markedly better on tilted and turned faces (see the module docstring).
+            frame: optionally the same frame as an (H, W, 3) uint8 tensor already on the torch
+                backend's device (the pipeline's upload). The crops are then not cut on the host
+                but sampled there where the trees look (``FramePixels``): the same accuracy on
+                300-W, points ~0.5 % of the eye distance from the host path's.
         """
         image = as_rgb_uint8(image_rgb)
         boxes = np.asarray(boxes, np.float32)
@@ -232,10 +237,12 @@ class LandmarkPredictor:
             raise UserError("landmark conversion 'keypoints' needs the detector's keypoints")
         centres, sides, angles = predictor_frames(boxes, keypoints, **self.params)
         to_crops = [self._to_crop(centres[i], max(float(sides[i]), 1.0), float(angles[i])) for i in range(len(boxes))]
-        crops = [warp_image(image, to_crop, 2 * self.work_size) for to_crop in to_crops]
         half = self.work_size // 2
-        square = np.array([[half, half, half + self.work_size, half + self.work_size]] * len(crops), np.int64)
-        points = self._run(crops, square)
+        square = np.array([[half, half, half + self.work_size, half + self.work_size]] * len(to_crops), np.int64)
+        points = self._run_on_frame(frame, to_crops, square) if self._reads_frame(frame) else None
+        if points is None:
+            crops = [warp_image(image, to_crop, 2 * self.work_size) for to_crop in to_crops]
+            points = self._run(crops, square)
         return np.stack([points_to_frame(p, m) for p, m in zip(points, to_crops)]).astype(np.float32)
 
     def _to_crop(self, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
@@ -254,14 +261,41 @@ class LandmarkPredictor:
         if self.backend == "torch":
             try:
                 return self._run_torch(images, rects)
-            except RuntimeError:  # e.g. a CUDA error: dlib gives the same points, only slower
-                log.warning("the PyTorch landmark predictor failed on %s; dlib runs it from now on", self.device,
-                            exc_info=True)  # fmt: skip
-                self._load_dlib()
-                self.backend = "dlib"  # after the load: another thread may be in this method
+            except RuntimeError:
+                self._fall_back_to_dlib()
         return np.stack(
             [_parts(self._dlib_predictor(img, self._dlib.rectangle(*map(int, r)))) for img, r in zip(images, rects)]
         )
+
+    def _reads_frame(self, frame) -> bool:
+        """Whether ``frame`` is a tensor the torch backend can sample its crops from."""
+        return (
+            frame is not None and self.backend == "torch"
+            and getattr(frame, "device", None) == self._torch_predictor.initial_shape.device
+        )  # fmt: skip
+
+    def _run_on_frame(self, frame, to_crops: list[np.ndarray], rects: np.ndarray) -> np.ndarray | None:
+        """Crop-pixel points (N, 68, 2) with the crops sampled on ``frame``'s device; None (after
+        handing over to dlib) when the torch backend fails."""
+        import cv2
+        import torch
+
+        from .shape_predictor_torch import FramePixels
+
+        to_frame = torch.from_numpy(np.stack([cv2.invertAffineTransform(m) for m in to_crops]))
+        try:
+            pixels = FramePixels(frame, to_frame, 2 * self.work_size)
+            points = self._torch_predictor.run(pixels, torch.from_numpy(rects))
+            return torch.floor(points + 0.5).cpu().numpy()
+        except RuntimeError:
+            self._fall_back_to_dlib()
+            return None
+
+    def _fall_back_to_dlib(self) -> None:
+        # e.g. a CUDA error: dlib gives the same points, only slower, rather than every face blurred
+        log.warning("the PyTorch landmark predictor failed on %s; dlib runs it from now on", self.device, exc_info=True)
+        self._load_dlib()
+        self.backend = "dlib"  # after the load: another thread may be in this predictor
 
     def _run_torch(self, images: list[np.ndarray], rects: np.ndarray) -> np.ndarray:
         import torch

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -192,13 +193,15 @@ class TorchShapePredictor(nn.Module):
             raise UserError(
                 f"expected (B, H, W[, 3]) images and (B, 4) rects, got {tuple(images.shape)}, {tuple(rects.shape)}"
             )
-        batch, height, width = images.shape
-        device = self.initial_shape.device
-        pixels = images.to(device=device, dtype=torch.float32).reshape(batch, height * width)
+        return self.run(ImagePixels(images.to(self.initial_shape.device)), rects)
+
+    @torch.no_grad()
+    def run(self, pixels: PixelSource, rects: torch.Tensor) -> torch.Tensor:
+        """Landmarks (B, P, 2) float32, unrounded, in the pixels of ``pixels``' images (B of them),
+        in ``rects`` (B, 4) as in :meth:`forward`."""
+        batch, device = pixels.batch, self.initial_shape.device
         rects = rects.to(device=device, dtype=torch.float64)
         origin, scale = rects[:, None, :2], (rects[:, 2:] - rects[:, :2])[:, None]
-        last_pixel = torch.tensor([width - 1, height - 1], device=device)
-        row_stride = torch.tensor([1, width], device=device)
         leaf_base = torch.arange(self.trees, device=device) * (self.splits + 1)
         faces = torch.arange(batch, device=device).repeat_interleave(self.trees)
         shape = self.initial_shape.expand(batch, -1, -1).clone()
@@ -210,10 +213,7 @@ class TorchShapePredictor(nn.Module):
             anchored = shape.index_select(1, self.anchors[level])
             # [[a, -b], [b, a]] @ delta in float32 as dlib does it (a * dx + (-b) * dy), plus the anchor.
             offsets = torch.stack([dx * a[:, None] - dy * b[:, None], dx * b[:, None] + dy * a[:, None]], -1) + anchored
-            where = torch.floor(offsets.double() * scale + origin + 0.5).long()
-            clamped = torch.minimum(where.clamp(min=0), last_pixel)
-            inside = (where == clamped).all(dim=-1)
-            features = pixels.gather(1, (clamped * row_stride).sum(-1)) * inside
+            features = pixels.read(torch.floor(offsets.double() * scale + origin + 0.5).long())
             pairs = features.index_select(1, self.split_features[level]).reshape(batch, self.trees, self.splits, 2)
             goes_left = (pairs[..., 0] - pairs[..., 1]) > self.thresholds[level]  # (B, T, S)
             outcomes = (goes_left * self.split_weights).sum(-1)  # (B, T): bit i = split i goes left
@@ -230,6 +230,95 @@ class TorchShapePredictor(nn.Module):
             rows = self.leaves[level].index_select(0, leaf.reshape(-1))
             return shape.reshape(batch, -1).index_add(0, faces, rows).reshape(shape.shape)
         return shape + F.embedding_bag(leaf, self.leaves[level], mode="sum").reshape(shape.shape)
+
+
+class PixelSource(Protocol):
+    """What the cascade reads its feature pixels from: B images of one size."""
+
+    batch: int
+
+    def read(self, where: torch.Tensor) -> torch.Tensor:
+        """Grey values (B, F) float32 at integer pixels ``where`` (B, F, 2) x, y; 0 outside the image."""
+        ...
+
+
+class ImagePixels:
+    """Feature pixels read from a batch of grey images (B, H, W), as dlib reads its image."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.batch, height, width = images.shape
+        self.pixels = images.to(torch.float32).reshape(self.batch, height * width)
+        self.last_pixel = torch.tensor([width - 1, height - 1], device=images.device)
+        self.row_stride = torch.tensor([1, width], device=images.device)
+
+    def read(self, where: torch.Tensor) -> torch.Tensor:
+        clamped = torch.minimum(where.clamp(min=0), self.last_pixel)
+        inside = (where == clamped).all(dim=-1)
+        return self.pixels.gather(1, (clamped * self.row_stride).sum(-1)) * inside
+
+
+class FramePixels:
+    """Feature pixels of B virtual crops of one frame, read where the cascade asks, without
+    cutting the crops: what ``LandmarkPredictor`` sees on the host, sampled on the frame's device.
+
+    A crop pixel is the frame's grey averaged over a square around the point the crop -> frame map
+    sends it to, one frame pixel wide where the crop magnifies (that average is exactly bilinear
+    interpolation, as ``cv2.warpAffine``) and the crop pixel's footprint wide where it shrinks (an
+    area filter, as the host path's INTER_AREA resize before the warp), rounded to a whole grey
+    level. Squares are evaluated exactly from the grey frame's summed-area table; the part of a
+    square outside the frame is left out (the host path replicates the edge).
+
+    Args:
+        frame: (H, W) grey or (H, W, 3) RGB frame (RGB read as dlib reads it).
+        to_frame: (B, 2, 3) crop -> frame affine maps, one per face.
+        crop_size: side of the square crops, pixels; outside it a pixel reads 0, as in dlib.
+    """
+
+    def __init__(self, frame: torch.Tensor, to_frame: torch.Tensor, crop_size: int) -> None:
+        grey = dlib_grey(frame) if frame.ndim == 3 else frame
+        height, width = grey.shape
+        device = grey.device
+        self.batch = int(to_frame.shape[0])
+        self.crop_size = int(crop_size)
+        self.to_frame = to_frame.to(device=device, dtype=torch.float64)
+        # Half the square's side in frame pixels: 1 / |det|^0.5 is the crop pixel's footprint.
+        footprint = self.to_frame[:, :, :2].det().abs().sqrt()
+        self.half_side = 0.5 * footprint.clamp(min=1.0)[:, None, None]
+        summed = torch.zeros(height + 1, width + 1, dtype=torch.float64, device=device)
+        summed[1:, 1:] = grey.to(torch.float64).cumsum(0).cumsum(1)
+        self.summed = summed.reshape(-1)
+        self.width = width
+        self.size = torch.tensor([width, height], dtype=torch.float64, device=device)
+        self.corner_signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=device)
+
+    def read(self, where: torch.Tensor) -> torch.Tensor:
+        inside = ((where >= 0) & (where < self.crop_size)).all(dim=-1)
+        points = where.double() @ self.to_frame[:, :, :2].transpose(1, 2) + self.to_frame[:, None, :, 2]
+        # Pixel centres are at integers, pixel (x, y) covers [x - 0.5, x + 0.5]: the frame spans
+        # [-0.5, size - 0.5]. A point off the frame reads the nearest edge, as the host's warp does.
+        points = torch.minimum(points.clamp(min=0.0), self.size - 1)
+        low = torch.minimum((points - self.half_side).clamp(min=-0.5), self.size - 0.5)
+        high = torch.minimum((points + self.half_side).clamp(min=-0.5), self.size - 0.5)
+        # The square's integral from the table at its four corners, in one pass: + - - +.
+        xs = torch.stack([high[..., 0], low[..., 0], high[..., 0], low[..., 0]], dim=-1)
+        ys = torch.stack([high[..., 1], high[..., 1], low[..., 1], low[..., 1]], dim=-1)
+        total = self._integral(xs, ys) @ self.corner_signs
+        area = (high - low).prod(dim=-1)
+        return (torch.floor(total / area + 0.5) * inside).float()
+
+    def _integral(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The grey frame integrated over [-0.5, x] x [-0.5, y]: bilinear in the summed-area
+        table, which is exact, since the integral of a piecewise constant image is bilinear on
+        each pixel."""
+        width = self.width
+        u, v = x + 0.5, y + 0.5  # table coordinates: entry (i, j) integrates rows < i, columns < j
+        j0 = torch.minimum(u.floor(), self.size[0] - 1).clamp(min=0)
+        i0 = torch.minimum(v.floor(), self.size[1] - 1).clamp(min=0)
+        fu, fv = u - j0, v - i0
+        index = (i0 * (width + 1) + j0).long()
+        top = self.summed[index] * (1 - fu) + self.summed[index + 1] * fu
+        bottom = self.summed[index + width + 1] * (1 - fu) + self.summed[index + width + 2] * fu
+        return top * (1 - fv) + bottom * fv
 
 
 def _adds_in_dlib_order(device: torch.device) -> bool:
