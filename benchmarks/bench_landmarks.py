@@ -4,10 +4,11 @@
     python benchmarks/bench_landmarks.py --device cuda        # and torch on the GPU
 
 The stage as the pipeline runs it (``LandmarkPredictor.predict`` on one frame and its CenterFace
-detections: cut each face's predictor crop, run the cascade, map the points back). The frames are
+detections: cut each face's predictor crop, run the cascade, map the points back), and for the
+PyTorch port also with the crops sampled on the frame already on its device (``frame=``, the
+pipeline's layout when the detector runs on PyTorch: no crops cut on the host). The frames are
 the synthetic scenes of ``streamanon bench`` (real UTKFace crops on a grid, 1920x1080), detected
-once. Every backend must give dlib's points (checked on each case: the CPU port exactly, CUDA
-within a pixel). Median over repeats of the per-frame median; JSON in benchmarks/results/.
+once. Each case's largest distance from dlib's points is recorded (the CPU port on host crops: 0). Median over repeats of the per-frame median; JSON in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from streamanon.bench.environment import describe_device, device_slug, sync_function, versions
 from streamanon.bench.run import shared_data_dir
@@ -40,14 +42,14 @@ def scene_frame(width: int, height: int, faces: int, faces_dir: Path) -> np.ndar
     return render_frames(spec, crops, planted_boxes(spec, 1))[0]
 
 
-def time_predict(predictor: LandmarkPredictor, frame, found, frames: int, warmup: int, repeats: int, sync) -> dict:
-    """Median and p99 ms per frame (median over repeats) of ``predictor.predict`` on one frame."""
+def time_predict(predict, frames: int, warmup: int, repeats: int, sync) -> dict:
+    """Median and p99 ms per frame (median over repeats) of ``predict()`` on one frame."""
     medians, p99s = [], []
     for _ in range(repeats):
         samples = []
         for i in range(warmup + frames):
             start = time.perf_counter()
-            predictor.predict(frame, found.boxes, found.keypoints)
+            predict()
             if sync is not None:
                 sync()
             if i >= warmup:
@@ -74,12 +76,15 @@ def main() -> None:
     faces_dir = args.faces_dir or shared_data_dir() / "faces" / "utkface"
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     backends = [("dlib", "cpu"), ("torch", "cpu")] + ([("torch", args.device)] if kind == "cuda" else [])
-    loaded = []  # (predictor, what to call before reading the clock)
+    cases = []  # (label, predictor, device the frame is sampled on or None, what to call before the clock)
     for backend, device in backends:
         start = time.perf_counter()
         predictor = LandmarkPredictor(backend=backend, device=device)
-        loaded.append((predictor, sync_function("cuda" if device.startswith("cuda") else "cpu")))
+        sync = sync_function("cuda" if device.startswith("cuda") else "cpu")
         print(f"loaded {predictor.where} in {time.perf_counter() - start:.1f} s", flush=True)
+        cases.append((predictor.where, predictor, None, sync))
+        if backend == "torch":
+            cases.append((f"{predictor.where}, frame", predictor, device, sync))
     detector = CenterFaceDetector()
     when = datetime.now(timezone.utc)
     report = {
@@ -99,21 +104,26 @@ def main() -> None:
         found = detector(frame)
         if len(found) != count:
             raise UserError(f"the detector found {len(found)} of the {count} planted faces")
-        reference = loaded[0][0].predict(frame, found.boxes, found.keypoints)
-        for predictor, sync in loaded:
-            drift = float(np.abs(predictor.predict(frame, found.boxes, found.keypoints) - reference).max())
-            timing = time_predict(predictor, frame, found, args.frames, args.warmup, args.repeats, sync)
-            row = {"backend": predictor.where, "faces": count, "max_px_from_dlib": drift, **timing}
+        reference = cases[0][1].predict(frame, found.boxes, found.keypoints)
+        for label, predictor, frame_device, sync in cases:
+            tensor = None if frame_device is None else torch.from_numpy(frame).to(frame_device)  # uploaded once
+
+            def predict(predictor=predictor, tensor=tensor):
+                return predictor.predict(frame, found.boxes, found.keypoints, frame=tensor)
+
+            drift = float(np.abs(predict() - reference).max())
+            timing = time_predict(predict, args.frames, args.warmup, args.repeats, sync)
+            row = {"backend": label, "faces": count, "max_px_from_dlib": drift, **timing}
             report["rows"].append(row)
             out.write_text(json.dumps(report, indent=2) + "\n")  # after every row: a cut-off run keeps what it has
-            print(f"{predictor.where:>16} {count} faces: {timing['ms_per_frame_p50']:7.2f} ms/frame p50 "
+            print(f"{label:>24} {count} faces: {timing['ms_per_frame_p50']:7.2f} ms/frame p50 "
                   f"({timing['ms_per_frame_p50'] / count:6.2f} ms/face), p99 {timing['ms_per_frame_p99']:7.2f} ms, "
                   f"max {drift:.2f} px from dlib", flush=True)  # fmt: skip
     print(f"\nLandmark stage, {width}x{height}, {report['device']['description']}")
-    print(f"{'backend':>16} " + " ".join(f"{c:>4} faces" for c in counts) + "   (ms per frame, p50)")
-    for predictor, _ in loaded:
-        cells = [r["ms_per_frame_p50"] for r in report["rows"] if r["backend"] == predictor.where]
-        print(f"{predictor.where:>16} " + " ".join(f"{v:10.2f}" for v in cells))
+    print(f"{'backend':>24} " + " ".join(f"{c:>4} faces" for c in counts) + "   (ms per frame, p50)")
+    for label, *_ in cases:
+        cells = [r["ms_per_frame_p50"] for r in report["rows"] if r["backend"] == label]
+        print(f"{label:>24} " + " ".join(f"{v:10.2f}" for v in cells))
     print(f"-> {out}")
 
 
