@@ -203,7 +203,9 @@ class TorchShapePredictor(nn.Module):
         rects = rects.to(device=device, dtype=torch.float64)
         origin, scale = rects[:, None, :2], (rects[:, 2:] - rects[:, :2])[:, None]
         leaf_base = torch.arange(self.trees, device=device) * (self.splits + 1)
-        faces = torch.arange(batch, device=device).repeat_interleave(self.trees)
+        faces = None  # the face of each (face, tree) row, for adding leaves in dlib's order
+        if _adds_in_dlib_order(device):
+            faces = torch.arange(batch, device=device).repeat_interleave(self.trees)
         shape = self.initial_shape.expand(batch, -1, -1).clone()
         for level in range(self.levels):
             # dlib: tform (float 2x2) * delta + anchor location, in the normalised frame; then
@@ -221,12 +223,13 @@ class TorchShapePredictor(nn.Module):
             shape = self._add_leaves(shape, leaf, faces, level)
         return (shape.double() * scale + origin).float()
 
-    def _add_leaves(self, shape: torch.Tensor, leaf: torch.Tensor, faces: torch.Tensor, level: int) -> torch.Tensor:
-        """``shape`` plus the leaves (B, T) of this level. On the CPU the increments are added one
-        tree after another in float32, in dlib's order, so the result is dlib's to the bit;
-        elsewhere they are summed first (an order difference of ~1e-6 of the face size)."""
+    def _add_leaves(self, shape: torch.Tensor, leaf: torch.Tensor, faces: torch.Tensor | None,
+                    level: int) -> torch.Tensor:  # fmt: skip
+        """``shape`` plus the leaves (B, T) of this level. With ``faces`` (the CPU) the increments
+        are added one tree after another in float32, in dlib's order, so the result is dlib's to the
+        bit; without, they are summed first (an order difference of ~1e-6 of the face size)."""
         batch = shape.shape[0]
-        if _adds_in_dlib_order(shape.device):
+        if faces is not None:
             rows = self.leaves[level].index_select(0, leaf.reshape(-1))
             return shape.reshape(batch, -1).index_add(0, faces, rows).reshape(shape.shape)
         return shape + F.embedding_bag(leaf, self.leaves[level], mode="sum").reshape(shape.shape)
@@ -275,21 +278,38 @@ class FramePixels:
     """
 
     def __init__(self, frame: torch.Tensor, to_frame: torch.Tensor, crop_size: int) -> None:
-        grey = dlib_grey(frame) if frame.ndim == 3 else frame
-        height, width = grey.shape
-        device = grey.device
-        self.batch = int(to_frame.shape[0])
-        self.crop_size = int(crop_size)
-        self.to_frame = to_frame.to(device=device, dtype=torch.float64)
-        # Half the square's side in frame pixels: 1 / |det|^0.5 is the crop pixel's footprint.
-        footprint = self.to_frame[:, :, :2].det().abs().sqrt()
-        self.half_side = 0.5 * footprint.clamp(min=1.0)[:, None, None]
-        summed = torch.zeros(height + 1, width + 1, dtype=torch.float64, device=device)
-        summed[1:, 1:] = grey.to(torch.float64).cumsum(0).cumsum(1)
-        self.summed = summed.reshape(-1)
-        self.width = width
+        self._allocate(frame.shape[0], frame.shape[1], int(to_frame.shape[0]), crop_size, frame.device)
+        self.load(frame, to_frame)
+
+    @classmethod
+    def allocate(cls, height: int, width: int, batch: int, crop_size: int, device: torch.device) -> FramePixels:
+        """Buffers for frames of ``height`` x ``width`` and ``batch`` faces, to :meth:`load` later."""
+        pixels = cls.__new__(cls)
+        pixels._allocate(height, width, batch, crop_size, device)
+        return pixels
+
+    def _allocate(self, height: int, width: int, batch: int, crop_size: int, device: torch.device) -> None:
+        self.batch, self.crop_size, self.width, self.height = batch, int(crop_size), int(width), int(height)
+        self.summed = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=device)
+        self.to_frame = torch.zeros(batch, 2, 3, dtype=torch.float64, device=device)
+        self.half_side = torch.zeros(batch, 1, 1, dtype=torch.float64, device=device)
         self.size = torch.tensor([width, height], dtype=torch.float64, device=device)
         self.corner_signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=device)
+
+    def load(self, frame: torch.Tensor, to_frame: torch.Tensor) -> None:
+        """Take a frame and the faces' crop -> frame maps, written into this object's buffers
+        (so that a CUDA graph captured around it reads each new frame)."""
+        grey = dlib_grey(frame) if frame.ndim == 3 else frame
+        if tuple(grey.shape) != (self.height, self.width) or tuple(to_frame.shape) != (self.batch, 2, 3):
+            raise UserError(f"FramePixels for {self.batch} faces of a {self.width}x{self.height} frame got "
+                            f"{tuple(to_frame.shape)} maps and a {tuple(grey.shape)} frame")  # fmt: skip
+        table = self.summed.view(self.height + 1, self.width + 1)
+        table[1:, 1:] = grey.to(torch.float64).cumsum(0).cumsum(1)
+        self.to_frame.copy_(to_frame)
+        # Half the square's side in frame pixels: the crop pixel's footprint is |det|^0.5 of the map.
+        m = self.to_frame
+        footprint = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]).abs().sqrt()
+        self.half_side.copy_(0.5 * footprint.clamp(min=1.0)[:, None, None])
 
     def read(self, where: torch.Tensor) -> torch.Tensor:
         inside = ((where >= 0) & (where < self.crop_size)).all(dim=-1)
@@ -319,6 +339,72 @@ class FramePixels:
         top = self.summed[index] * (1 - fu) + self.summed[index + 1] * fu
         bottom = self.summed[index + width + 1] * (1 - fu) + self.summed[index + width + 2] * fu
         return top * (1 - fv) + bottom * fv
+
+
+@dataclass
+class _Captured:
+    """One captured CUDA graph and the buffers it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    frame: torch.Tensor
+    to_frame: torch.Tensor
+    rects: torch.Tensor
+    points: torch.Tensor
+
+
+class FrameGraphs:
+    """``predictor.run`` on :class:`FramePixels` replayed as CUDA graphs: one launch a frame
+    instead of ~1000 small kernels (15 levels of gathers and comparisons), one graph per face
+    count and frame size, captured the first time that pair is seen.
+
+    Args:
+        predictor: a :class:`TorchShapePredictor` on a CUDA device.
+        crop_size: side of the virtual crops (as for :class:`FramePixels`).
+        max_faces: face counts above this run without a graph (each graph keeps its buffers).
+    """
+
+    def __init__(self, predictor: TorchShapePredictor, crop_size: int, max_faces: int = 16) -> None:
+        self.predictor = predictor
+        self.crop_size = int(crop_size)
+        self.max_faces = int(max_faces)
+        self._graphs: dict[tuple, _Captured] = {}
+
+    def __call__(self, frame: torch.Tensor, to_frame: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
+        """Landmarks (B, P, 2) as ``predictor.run(FramePixels(frame, to_frame, crop_size), rects)``."""
+        device = self.predictor.initial_shape.device
+        to_frame = to_frame.to(device=device, dtype=torch.float64)
+        rects = rects.to(device=device, dtype=torch.float64)
+        if len(to_frame) > self.max_faces:
+            return self.predictor.run(FramePixels(frame, to_frame, self.crop_size), rects)
+        key = (len(to_frame), *frame.shape, frame.dtype)
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._graphs[key] = self._capture(frame, to_frame, rects)
+        captured.frame.copy_(frame)
+        captured.to_frame.copy_(to_frame)
+        captured.rects.copy_(rects)
+        captured.graph.replay()
+        return captured.points.clone()  # the next replay overwrites the graph's output
+
+    def _capture(self, frame: torch.Tensor, to_frame: torch.Tensor, rects: torch.Tensor) -> _Captured:
+        static_frame, static_to_frame, static_rects = frame.clone(), to_frame.clone(), rects.clone()
+        pixels = FramePixels.allocate(frame.shape[0], frame.shape[1], len(to_frame), self.crop_size, frame.device)
+
+        def landmarks() -> torch.Tensor:
+            pixels.load(static_frame, static_to_frame)
+            return self.predictor.run(pixels, static_rects)
+
+        # Warm up on a side stream (as torch.cuda.graphs documents), then capture.
+        side = torch.cuda.Stream(device=frame.device)
+        side.wait_stream(torch.cuda.current_stream(frame.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                landmarks()
+        torch.cuda.current_stream(frame.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            points = landmarks()
+        return _Captured(graph, static_frame, static_to_frame, static_rects, points)
 
 
 def _adds_in_dlib_order(device: torch.device) -> bool:
