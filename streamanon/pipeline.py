@@ -219,6 +219,7 @@ class Anonymizer:
         if not tracks:
             return set()
         from .faces.align import align_face
+        from .faces.landmarks import landmarks_fit_boxes
 
         try:
             with timer.stage("landmarks"):
@@ -229,6 +230,14 @@ class Anonymizer:
                     [tr.keypoints if tr.keypoints is not None else np.full((5, 2), np.nan, np.float32) for tr in tracks]
                 )
                 points = self.landmarks.predict(image, boxes, keypoints, frame=frame_tensor)
+                # Points away from their face would put the generated face beside the real one:
+                # such a face is left out here, so it is hidden like any face not generated.
+                fits = landmarks_fit_boxes(points, boxes)
+                if not fits.all():
+                    log.debug("landmarks of %d face(s) miss their boxes; hiding them", int((~fits).sum()))
+                    tracks, points = [tr for tr, ok in zip(tracks, fits) if ok], points[fits]
+                    if not tracks:
+                        return set()
             aligned: list[AlignedFace] = []
             for track, pts in zip(tracks, points):
                 with timer.stage("track"):  # landmark smoothing is part of tracking

@@ -86,6 +86,33 @@ def test_a_face_the_guard_refuses_is_blurred_like_blur_mode(frames):
         assert np.array_equal(outputs[i], expected)
 
 
+def test_a_face_whose_landmarks_miss_it_is_blurred_like_blur_mode(frames):
+    """Landmarks a face away from the detection (a predictor failure) would paste the generated
+    face beside the real one: the face is hidden instead, and a face whose points fit is not."""
+    settings = {"replace.mode": "generate", "generate.guard_candidates": 0}
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(settings))
+    predict = anonymizer.landmarks.predict
+
+    def shifted(image, boxes, keypoints=None, frame=None):
+        points = predict(image, boxes, keypoints, frame=frame)
+        return points + [[[boxes[0, 2] - boxes[0, 0], 0.0]]]  # one face width to the right
+
+    anonymizer.landmarks.predict = shifted
+    blur = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "blur"}))
+    for i, image in enumerate(frames[:2]):
+        out, stats = anonymizer.process_frame(Frame(image, i))
+        assert stats.generated == 0 and stats.fallback == 1
+        assert np.array_equal(out, blur.process_frame(Frame(image, i))[0])
+    # The landmarks the predictor gives do fit (IoU with the box well above the bound).
+    from streamanon.faces.landmarks import landmarks_fit_boxes
+
+    found = anonymizer.detector(frames[0])
+    points = predict(frames[0], found.boxes, found.keypoints)
+    assert landmarks_fit_boxes(points, found.boxes).all()
+    assert not landmarks_fit_boxes(points + 2 * (found.boxes[0, 2] - found.boxes[0, 0]), found.boxes).any()
+    assert not landmarks_fit_boxes(np.full_like(points, np.nan), found.boxes).any()
+
+
 def test_without_the_guard_every_detected_face_is_generated(frames, generated):
     outputs, stats, anonymizer = _run(frames[:1], {"generate.guard_candidates": 0})
     assert stats[0].generated == 1 and anonymizer.guard is None
