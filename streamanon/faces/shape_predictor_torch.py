@@ -56,10 +56,6 @@ class ShapePredictorWeights:
     anchors: np.ndarray  # (C, F) int64: the landmark each feature pixel hangs from
     deltas: np.ndarray  # (C, F, 2) float32: its offset from that landmark, in initial_shape's frame
 
-    @property
-    def num_parts(self) -> int:
-        return len(self.initial_shape)
-
 
 def parse_dlib_shape_predictor(data: bytes) -> ShapePredictorWeights:
     """Parse the bytes of a dlib ``shape_predictor`` file (serialization version 1).
@@ -172,10 +168,6 @@ class TorchShapePredictor(nn.Module):
     def from_dlib_file(cls, path: str | os.PathLike | None = None) -> TorchShapePredictor:
         """The predictor in ``path`` (default: dlib's 68-point model from the model registry)."""
         return cls(load_dlib_shape_predictor(resolve_model("dlib_landmarks68", path)))
-
-    @property
-    def num_parts(self) -> int:
-        return int(self.initial_shape.shape[0])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
