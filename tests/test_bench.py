@@ -156,6 +156,7 @@ def test_untrained_generator_is_timed_and_labelled(faces_dir, no_weights):
     )
     report = run_benchmark(settings)
     assert report["generator"]["status"] == "untrained"
+    assert report["pipelines"] == {"generate": "generate (eager)"}  # dlib landmarks, host paste on a CPU
     (scenario,) = report["scenarios"]
     assert scenario["status"] == "ok" and scenario["label"] == UNTRAINED_LABEL
     assert set(scenario["median"]["stages"]) == GENERATE_STAGES  # no fallback to blur

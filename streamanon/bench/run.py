@@ -210,6 +210,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
         # The detector picks its onnxruntime provider itself (CUDA whenever available): record it.
         first = next(iter(anonymizers.values()), None)
         report["device"]["detector_providers"] = first.detector.providers if first is not None else None
+        # Who runs what in each mode (generator backend, where faces are composited, landmark backend).
+        report["pipelines"] = {mode: anonymizer.backend_name for mode, anonymizer in anonymizers.items()}
         for source in _sources(settings, faces_dir, workdir):
             for mode in settings.modes:
                 say(f"{source.name} | {mode}")
