@@ -6,8 +6,9 @@
 #      host and device compositing; JSON in $OUT),
 #   3. with the carried payload (PyAV, dlib, the dlib models: benchmarks/gpu_carry.py), the whole
 #      pipeline on CUDA: `streamanon bench --device cuda` on the street clip and synthetic scenes,
-#      the landmark stage (dlib against its PyTorch port on CUDA), a `streamanon stream` run in streaming order (latency p50/p99) and the whole `streamanon
-#      file` job (issue #5's 1080p / 4 faces / fps and p99 targets),
+#      the landmark stage (dlib against its PyTorch port on CUDA), a `streamanon stream` run in
+#      streaming order (latency p50/p99) and the whole `streamanon file` job (issue #5's 1080p /
+#      4 faces / fps and p99 targets),
 #      (steps 1-3 share one time budget, $GPU_SESSION_SECONDS)
 #   4. optionally, a timed run of the U-Net GAN trainer (resumes from runs/gpu if carried back in),
 #   5. logs (one archive), benchmark JSON, loss curves, the last sample grid and the EMA weights

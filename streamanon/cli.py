@@ -71,7 +71,8 @@ def pipeline_options(command):
         click.option(
             "--landmarks-backend",
             type=click.Choice(LANDMARK_BACKENDS),
-            help="Who runs dlib's landmark predictor: dlib, or torch (same points, faces batched) [auto: torch on a GPU].",
+            help="Who runs dlib's landmark predictor: dlib, or torch (the same trees, all faces of a frame at "
+            "once) [auto: torch on a GPU].",
         ),
         click.option("--device", type=str, help="cpu or cuda[:N] [cpu]."),
         click.option("--codec", type=str, help="Output video codec [libx264]."),

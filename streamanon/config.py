@@ -71,8 +71,9 @@ class LandmarksConfig:
     """dlib's 68-point shape predictor on each detected face."""
 
     # Who runs it: dlib (C++, one face at a time, holds the GIL: ~3 ms a face on 2 CPU cores),
-    # torch (the same trees read from dlib's file, all faces of a frame at once, on the
-    # pipeline's device; the same points as dlib's), or auto: torch on a GPU, dlib otherwise.
+    # torch (the same trees read from dlib's file, all faces of a frame at once, on the pipeline's
+    # device: dlib's points on host crops; with the PyTorch detector the crops are sampled on the
+    # uploaded frame instead, as accurate on 300-W), or auto: torch on a GPU, dlib otherwise.
     backend: str = "auto"
 
     def __post_init__(self) -> None:
