@@ -35,6 +35,11 @@ if [[ "${1:-}" == "--stage" ]]; then
     cp "$shared/images/multiface.jpg" .gpu_data/images/
     cp "$shared/videos/street_1080p_multi.mp4" "$shared/videos/talking_512_katiehill.mp4" .gpu_data/videos/
     find "$shared/faces/utkface" -name '*.jpg' | sort | head -10 | xargs -I{} cp {} .gpu_data/faces/utkface/
+    # 24 HELEN faces (1.4 MB) for the landmark predictor's CUDA tests.
+    mkdir -p .gpu_data/landmarks68/helen_test
+    find "$shared/landmarks68/helen_test" -name '*.jpg' | sort | head -24 | while read -r jpg; do
+        cp "$jpg" "${jpg%.jpg}.pts" .gpu_data/landmarks68/helen_test/
+    done
     du -sh .gpu_data .gpu_carry/* data/faces128 2>/dev/null
     exit 0
 fi
