@@ -274,15 +274,20 @@ class FramePixels:
         self.load(frame, to_frame)
 
     @classmethod
-    def allocate(cls, height: int, width: int, batch: int, crop_size: int, device: torch.device) -> FramePixels:
-        """Buffers for frames of ``height`` x ``width`` and ``batch`` faces, to :meth:`load` later."""
+    def allocate(cls, height: int, width: int, batch: int, crop_size: int, device: torch.device,
+                 summed: torch.Tensor | None = None) -> FramePixels:  # fmt: skip
+        """Buffers for frames of ``height`` x ``width`` and ``batch`` faces, to :meth:`load` later;
+        ``summed``: a summed-area table buffer ((H + 1) * (W + 1) float64) to share."""
         pixels = cls.__new__(cls)
-        pixels._allocate(height, width, batch, crop_size, device)
+        pixels._allocate(height, width, batch, crop_size, device, summed)
         return pixels
 
-    def _allocate(self, height: int, width: int, batch: int, crop_size: int, device: torch.device) -> None:
+    def _allocate(self, height: int, width: int, batch: int, crop_size: int, device: torch.device,
+                  summed: torch.Tensor | None = None) -> None:  # fmt: skip
         self.batch, self.crop_size, self.width, self.height = batch, int(crop_size), int(width), int(height)
-        self.summed = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=device)
+        if summed is None:
+            summed = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=device)
+        self.summed = summed
         self.to_frame = torch.zeros(batch, 2, 3, dtype=torch.float64, device=device)
         self.half_side = torch.zeros(batch, 1, 1, dtype=torch.float64, device=device)
         self.size = torch.tensor([width, height], dtype=torch.float64, device=device)
@@ -352,7 +357,11 @@ class FrameGraphs:
     Args:
         predictor: a :class:`TorchShapePredictor` on a CUDA device.
         crop_size: side of the virtual crops (as for :class:`FramePixels`).
-        max_faces: face counts above this run without a graph (each graph keeps its buffers).
+        max_faces: face counts above this run without a graph.
+
+    The graphs of one frame size share the frame's buffer and its summed-area table, and all
+    graphs share one memory pool: they replay one after another, and each output is copied out
+    at once.
     """
 
     def __init__(self, predictor: TorchShapePredictor, crop_size: int, max_faces: int = 16) -> None:
@@ -360,6 +369,8 @@ class FrameGraphs:
         self.crop_size = int(crop_size)
         self.max_faces = int(max_faces)
         self._graphs: dict[tuple, _Captured] = {}
+        self._frames: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # frame buffer, summed-area table
+        self._pool = None
 
     def __call__(self, frame: torch.Tensor, to_frame: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
         """Landmarks (B, P, 2) as ``predictor.run(FramePixels(frame, to_frame, crop_size), rects)``."""
@@ -379,8 +390,14 @@ class FrameGraphs:
         return captured.points.clone()  # the next replay overwrites the graph's output
 
     def _capture(self, frame: torch.Tensor, to_frame: torch.Tensor, rects: torch.Tensor) -> _Captured:
-        static_frame, static_to_frame, static_rects = frame.clone(), to_frame.clone(), rects.clone()
-        pixels = FramePixels.allocate(frame.shape[0], frame.shape[1], len(to_frame), self.crop_size, frame.device)
+        height, width = frame.shape[:2]
+        frame_key = (*frame.shape, frame.dtype)
+        if frame_key not in self._frames:
+            table = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=frame.device)
+            self._frames[frame_key] = (frame.clone(), table)
+        static_frame, table = self._frames[frame_key]
+        static_to_frame, static_rects = to_frame.clone(), rects.clone()
+        pixels = FramePixels.allocate(height, width, len(to_frame), self.crop_size, frame.device, summed=table)
 
         def landmarks() -> torch.Tensor:
             pixels.load(static_frame, static_to_frame)
@@ -393,8 +410,11 @@ class FrameGraphs:
             for _ in range(2):
                 landmarks()
         torch.cuda.current_stream(frame.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA work of other threads (the identity guard's) may go on meanwhile.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             points = landmarks()
         return _Captured(graph, static_frame, static_to_frame, static_rects, points)
 
