@@ -24,6 +24,18 @@ def shared():
     return shared_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache_in_a_temporary_folder(tmp_path_factory):
+    """Parsed model caches (the PyTorch landmark predictor's ~70 MB) go to a folder of this test
+    session, not the user's ~/.cache, unless STREAMANON_CACHE says where."""
+    if "STREAMANON_CACHE" in os.environ:
+        yield
+        return
+    os.environ["STREAMANON_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ.pop("STREAMANON_CACHE", None)
+
+
 def prepare_faces(tmp_path_factory, size: int, count: int = 24) -> Path:
     """A tiny prepared face data set from ``count`` real UTKFace crops (``train prepare`` end to end)."""
     from click.testing import CliRunner

@@ -104,6 +104,31 @@ def test_reads_the_5_point_model_too():
     assert five.deltas.shape[1] == five.anchors.shape[1]
 
 
+def test_parsed_model_is_cached_and_a_damaged_cache_is_parsed_again(weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMANON_CACHE", str(tmp_path / "cache"))
+    model = resolve_model("dlib_landmarks68")
+    first = load_dlib_shape_predictor(model)
+    (cached,) = (tmp_path / "cache").glob("shape_predictor-*.npz")
+
+    def no_parsing(data):
+        raise AssertionError("parsed although a cache exists")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(spt, "parse_dlib_shape_predictor", no_parsing)
+        again = load_dlib_shape_predictor(model)
+    for name in ("initial_shape", "split_features", "thresholds", "leaves", "anchors", "deltas"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+        np.testing.assert_array_equal(getattr(again, name), getattr(weights, name))
+    cached.write_bytes(b"not an npz")  # damaged: parsed again and rewritten
+    assert np.array_equal(load_dlib_shape_predictor(model).leaves, first.leaves)
+    assert cached.stat().st_size > 60e6
+    # A cache folder that cannot be made (a file is in the way) only costs the parse.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("STREAMANON_CACHE", str(blocker / "cache"))
+    assert np.array_equal(load_dlib_shape_predictor(model).anchors, first.anchors)
+
+
 def test_bad_files_are_one_line_user_errors(tmp_path):
     data = resolve_model("dlib_landmarks68").read_bytes()
     for name, content, message in [
