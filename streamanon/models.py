@@ -45,6 +45,15 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def cache_dir() -> Path:
+    """Where files derived from models are kept (parsed weights, compiled engines):
+    ``$STREAMANON_CACHE``, else ``$XDG_CACHE_HOME/streamanon`` or ``~/.cache/streamanon``."""
+    env = os.environ.get("STREAMANON_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamanon"
+
+
 def _package_dir(package: str) -> Path | None:
     # find_spec locates the package without importing it: face_recognition_models'
     # __init__ imports pkg_resources, which recent setuptools no longer provides.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import dlib
@@ -14,10 +15,10 @@ from conftest import shared_path
 import streamanon.faces.shape_predictor_torch as spt
 from streamanon.config import AnonymizerConfig, LandmarksConfig
 from streamanon.errors import UserError
+from streamanon.faces.align import warp_image
 from streamanon.faces.detect import CenterFaceDetector
 from streamanon.faces.dlib_serial import DlibFormatError, DlibReader, float_blocks
-from streamanon.faces.landmarks import LandmarkPredictor
-from streamanon.faces.landmarks import nme, read_pts
+from streamanon.faces.landmarks import LandmarkPredictor, nme, predictor_frames, read_pts
 from streamanon.faces.shape_predictor_torch import FramePixels, TorchShapePredictor, load_dlib_shape_predictor
 from streamanon.models import resolve_model
 
@@ -129,6 +130,18 @@ def test_parsed_model_is_cached_and_a_damaged_cache_is_parsed_again(weights, tmp
     assert np.array_equal(load_dlib_shape_predictor(model).anchors, first.anchors)
 
 
+def test_cache_folder_setting(monkeypatch, tmp_path):
+    from streamanon.models import cache_dir
+
+    monkeypatch.setenv("STREAMANON_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("STREAMANON_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "streamanon"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "streamanon"
+
+
 def test_bad_files_are_one_line_user_errors(tmp_path):
     data = resolve_model("dlib_landmarks68").read_bytes()
     for name, content, message in [
@@ -205,9 +218,6 @@ def face_crops() -> list[np.ndarray]:
         image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
         found = detector(image)
         if len(found):
-            from streamanon.faces.align import warp_image
-            from streamanon.faces.landmarks import predictor_frames
-
             centre, side, angle = (v[0] for v in predictor_frames(found.boxes[:1], found.keypoints[:1]))
             crops.append(warp_image(image, landmarks._to_crop(centre, float(side), float(angle)), 2 * WORK))
     assert len(crops) >= 20

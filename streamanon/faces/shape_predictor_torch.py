@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..models import resolve_model
+from ..models import cache_dir, resolve_model
 from .dlib_serial import DlibFormatError, DlibReader, float_blocks
 
 
@@ -129,7 +129,7 @@ def load_dlib_shape_predictor(path: str | os.PathLike, cache: bool = True) -> Sh
     """Read and parse a dlib shape predictor file; ``UserError`` (one line) when it is not one.
 
     Parsing the 100 MB 68-point file takes ~4 s; with ``cache`` the arrays are kept in
-    :func:`cache_dir` under the file's SHA-256 (~70 MB, loaded in well under a second) and
+    :func:`streamanon.models.cache_dir` under the file's SHA-256 (~70 MB, loaded in well under a second) and
     reused while the file is unchanged. A cache that cannot be read or written is ignored.
     """
     path = Path(path)
@@ -154,15 +154,6 @@ def load_dlib_shape_predictor(path: str | os.PathLike, cache: bool = True) -> Sh
 
 
 _WEIGHT_FIELDS = tuple(f.name for f in fields(ShapePredictorWeights))
-
-
-def cache_dir() -> Path:
-    """Where parsed model files are kept: ``$STREAMANON_CACHE``, else ``$XDG_CACHE_HOME/streamanon``
-    or ``~/.cache/streamanon``."""
-    env = os.environ.get("STREAMANON_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamanon"
 
 
 def _write_cache(target: Path, weights: ShapePredictorWeights) -> None:

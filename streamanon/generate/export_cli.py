@@ -86,7 +86,8 @@ def _writable_dir(path: Path) -> Path:
 @click.option(
     "--engine-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Engine cache [$STREAMANON_ENGINES, the checkout's engines/, or ~/.cache/streamanon/engines].",
+    help="Engine cache [$STREAMANON_ENGINES, the checkout's engines/, or engines/ in $STREAMANON_CACHE "
+    "(~/.cache/streamanon)].",
 )
 def export_command(
     weights: Path | None,

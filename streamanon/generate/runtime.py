@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelUnavailable, UserError
-from ..models import resolve_model
+from ..models import cache_dir, resolve_model
 from ..types import AlignedFace
 from .condition import track_latent
 from .model import Generator, GeneratorConfig
@@ -48,14 +48,15 @@ _MISSING_WEIGHTS = (
 
 def default_engine_dir() -> Path:
     """Where compiled engines are cached: ``$STREAMANON_ENGINES``, the checkout's ``engines/``,
-    or ``~/.cache/streamanon/engines`` for an installed package."""
+    or ``engines`` in :func:`streamanon.models.cache_dir` (``~/.cache/streamanon/engines``) for an
+    installed package."""
     env = os.environ.get("STREAMANON_ENGINES")
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[2] / "engines"
     if (checkout / "README.md").is_file():
         return checkout
-    return Path.home() / ".cache" / "streamanon" / "engines"
+    return cache_dir() / "engines"
 
 
 def _buckets(max_batch: int) -> list[int]:
