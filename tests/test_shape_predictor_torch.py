@@ -31,13 +31,64 @@ SQUARE = (80, 80, 240, 240)
 
 
 def dlib_int(value: int) -> bytes:
-    magnitude = abs(value).to_bytes(8, "little").rstrip(b"\0")
+    magnitude = abs(value).to_bytes(8, "little").rstrip(b"\0") or b"\0"  # dlib writes 0 as one zero byte
     return bytes([len(magnitude) | (0x80 if value < 0 else 0)]) + magnitude
 
 
 def dlib_float(value: float) -> bytes:
     mantissa, exponent = math.frexp(value)
     return dlib_int(int(mantissa * 2**24)) + dlib_int(exponent - 24)
+
+
+def dlib_shape_vector(values) -> bytes:
+    return dlib_int(-len(values)) + dlib_int(-1) + b"".join(dlib_float(float(v)) for v in values)
+
+
+def small_predictor_file(rng, parts=5, levels=3, trees=4, depth=2, features=10, tree_counts=None) -> bytes:
+    """A random shape predictor serialized as dlib/image_processing/shape_predictor.h writes one."""
+    splits = 2**depth - 1
+    out = dlib_int(1) + dlib_shape_vector(rng.uniform(0.2, 0.8, 2 * parts).astype(np.float32))
+    out += dlib_int(levels)
+    for level in range(levels):
+        count = trees if tree_counts is None else tree_counts[level]
+        out += dlib_int(count)
+        for _ in range(count):
+            out += dlib_int(splits)
+            for _ in range(splits):
+                i1, i2 = rng.integers(0, features, 2)
+                out += dlib_int(int(i1)) + dlib_int(int(i2)) + dlib_float(float(rng.integers(-40, 40)))
+            out += dlib_int(splits + 1)
+            for _ in range(splits + 1):
+                out += dlib_shape_vector(rng.normal(0, 0.02, 2 * parts).astype(np.float32))
+    out += dlib_int(levels) + b"".join(
+        dlib_int(features) + b"".join(dlib_int(int(a)) for a in rng.integers(0, parts, features)) for _ in range(levels)
+    )
+    out += dlib_int(levels)
+    for _ in range(levels):
+        offsets = rng.normal(0, 0.1, 2 * features).astype(np.float32)
+        out += dlib_int(features) + b"".join(dlib_float(float(v)) for v in offsets)
+    return out
+
+
+def test_a_predictor_written_here_reads_and_predicts_as_dlib_reads_and_predicts_it(tmp_path):
+    """The format and the cascade on a small random model that dlib itself loads: its points on
+    noise images are dlib's exactly; files dlib's trainer never makes are refused."""
+    rng = np.random.default_rng(6)
+    path = tmp_path / "small.dat"
+    path.write_bytes(small_predictor_file(rng))
+    weights = load_dlib_shape_predictor(path, cache=False)
+    assert weights.split_features.shape == (3, 4, 3, 2) and weights.leaves.shape == (3, 4, 4, 5, 2)
+    ours = TorchShapePredictor(weights)
+    theirs = dlib.shape_predictor(str(path))
+    images = rng.integers(0, 256, (4, 60, 70), dtype=np.uint8)
+    rects = np.array([[5, 5, 60, 50], [-10, 0, 40, 45], [20, 15, 69, 59], [0, 0, 30, 30]])
+    points = _rounded(ours(torch.from_numpy(images), torch.from_numpy(rects)))
+    for image, rect, mine in zip(images, rects, points):
+        np.testing.assert_array_equal(mine, _dlib_points(dlib_predictor=theirs, image=image, rect=rect))
+    uneven = tmp_path / "uneven.dat"
+    uneven.write_bytes(small_predictor_file(np.random.default_rng(7), tree_counts=[4, 3, 4]))
+    with pytest.raises(UserError, match="different tree"):
+        load_dlib_shape_predictor(uneven, cache=False)
 
 
 def test_float_blocks_decodes_every_block_after_the_header():

@@ -62,8 +62,8 @@ class ShapePredictorWeights:
 def parse_dlib_shape_predictor(data: bytes) -> ShapePredictorWeights:
     """Parse the bytes of a dlib ``shape_predictor`` file (serialization version 1).
 
-    Raises ``DlibFormatError`` when the stream is not one, or uses trees of unequal depth or
-    levels with different numbers of feature pixels (dlib's trainer makes neither).
+    Raises ``DlibFormatError`` when the stream is not one, or when its levels differ in their
+    numbers of trees or feature pixels or its trees in depth (dlib's trainer makes none of these).
     """
     r = DlibReader(data)
     r.version((1,), "shape_predictor")
@@ -85,9 +85,12 @@ def parse_dlib_shape_predictor(data: bytes) -> ShapePredictorWeights:
 
     initial = block(shape_at)
     levels = r.uint64()
-    splits, thresholds, leaves = [], [], []
+    if not levels:
+        raise DlibFormatError("a shape predictor without cascade levels")
+    splits, thresholds, leaves, tree_counts = [], [], [], set()
     for _ in range(levels):
         trees = r.uint64()
+        tree_counts.add(trees)
         for _ in range(trees):
             count = r.uint64()
             tree = [(r.uint64(), r.uint64(), r.real()) for _ in range(count)]  # idx1, idx2, thresh
@@ -105,10 +108,10 @@ def parse_dlib_shape_predictor(data: bytes) -> ShapePredictorWeights:
         raise DlibFormatError(f"{len(data) - r.pos} unexpected bytes after the shape predictor")
     if len(anchors) != levels or len(deltas) != levels:
         raise DlibFormatError(f"{levels} cascade levels but {len(anchors)} anchor and {len(deltas)} offset lists")
-    if len({len(s) for s in splits}) > 1 or len({len(a) for a in anchors + deltas}) > 1:
-        raise DlibFormatError("trees of unequal depth or levels with different feature pixel counts")
+    if len(tree_counts) > 1 or len({len(s) for s in splits}) > 1 or len({len(a) for a in anchors + deltas}) > 1:
+        raise DlibFormatError("levels of different tree or feature pixel counts, or trees of unequal depth")
     parts = abs(rows) // 2
-    trees = len(splits) // max(levels, 1)
+    trees = tree_counts.pop()
     split_array = np.array(splits, np.int64).reshape(levels, trees, -1, 2)
     if split_array.size and split_array.max() >= len(anchors[0]):
         raise DlibFormatError("a split uses a feature pixel that does not exist")
