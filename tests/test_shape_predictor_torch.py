@@ -445,6 +445,35 @@ def test_a_failing_torch_predictor_hands_over_to_dlib(caplog):
     assert caplog.text.count("dlib runs it from now on") == 1
 
 
+def test_predict_each_runs_one_face_of_each_image_in_one_call(monkeypatch):
+    """The identity guard measures a face in many candidate views: one predictor call for all of
+    them (one batch with torch), the same points as one call per image; a NaN keypoint row means
+    the box alone, as predict() without keypoints."""
+    detector = CenterFaceDetector()
+    images, boxes, keypoints = [], [], []
+    for jpg in sorted(shared_path("landmarks68/helen_test").glob("*.jpg"))[:5]:
+        image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
+        found = detector(image)
+        images.append(image)
+        boxes.append(found.boxes[0])
+        keypoints.append(found.keypoints[0])
+    keypoints[2] = np.full((5, 2), np.nan, np.float32)
+    one_by_one = LandmarkPredictor(backend="dlib")
+    expected = np.stack([
+        one_by_one.predict(img, box[None], None if np.isnan(kps).any() else kps[None])[0]
+        for img, box, kps in zip(images, boxes, keypoints)
+    ])  # fmt: skip
+    batched = LandmarkPredictor(backend="torch")
+    calls = []
+    run = batched._run_torch
+    monkeypatch.setattr(batched, "_run_torch", lambda crops, rects: calls.append(len(crops)) or run(crops, rects))
+    np.testing.assert_array_equal(batched.predict_each(images, np.stack(boxes), np.stack(keypoints)), expected)
+    np.testing.assert_array_equal(one_by_one.predict_each(images, np.stack(boxes), np.stack(keypoints)), expected)
+    assert calls == [5]
+    with pytest.raises(UserError, match="2 images for 5 face boxes"):
+        batched.predict_each(images[:2], np.stack(boxes))
+
+
 def test_backend_setting_and_its_errors():
     assert LandmarkPredictor.from_config(LandmarksConfig()).backend == "dlib"  # auto on a CPU
     assert LandmarkPredictor.from_config(LandmarksConfig(backend="torch")).backend == "torch"

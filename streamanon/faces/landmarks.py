@@ -241,18 +241,27 @@ class LandmarkPredictor:
                 300-W, points ~0.5 % of the eye distance from the host path's.
         """
         image = as_rgb_uint8(image_rgb)
-        boxes = np.asarray(boxes, np.float32)
-        if boxes.size == 0:
+        boxes = _checked_boxes(boxes)
+        return self._predict([image] * len(boxes), boxes, keypoints, frame)
+
+    def predict_each(self, images: list[np.ndarray], boxes: np.ndarray,
+                     keypoints: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Landmarks (N, 68, 2) of one face in each of N images (``boxes[i]``, ``keypoints[i]``
+        in ``images[i]``; a NaN keypoint row means the box alone), in one predictor call: the
+        torch backend runs them as one batch, dlib one after another."""
+        boxes = _checked_boxes(boxes)
+        if len(images) != len(boxes):
+            raise UserError(f"got {len(images)} images for {len(boxes)} face boxes")
+        return self._predict([as_rgb_uint8(image) for image in images], boxes, keypoints, None)
+
+    def _predict(self, images: list[np.ndarray], boxes: np.ndarray, keypoints: np.ndarray | None,
+                 frame) -> np.ndarray:  # fmt: skip
+        """``boxes[i]`` in ``images[i]``; ``frame``: all images are this one, on the device."""
+        if not len(boxes):
             return np.zeros((0, 68, 2), np.float32)
-        if boxes.ndim == 1:
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise UserError(f"expected face boxes of shape (N, 4), got {boxes.shape}")
-        if not np.isfinite(boxes).all():
-            raise UserError("face boxes contain NaN or infinite values")
         if self.conversion == "none":
             rects = np.array([[round(v) for v in box] for box in boxes], np.int64)
-            return self._run([image] * len(boxes), rects)
+            return self._run(images, rects)
         if self.conversion == "box":
             keypoints = None
         elif self.conversion == "keypoints" and keypoints is None:
@@ -263,7 +272,7 @@ class LandmarkPredictor:
         square = np.array([[half, half, half + self.work_size, half + self.work_size]] * len(to_crops), np.int64)
         points = self._run_on_frame(frame, to_crops, square) if self._reads_frame(frame) else None
         if points is None:
-            crops = [warp_image(image, to_crop, 2 * self.work_size) for to_crop in to_crops]
+            crops = [warp_image(image, to_crop, 2 * self.work_size) for image, to_crop in zip(images, to_crops)]
             points = self._run(crops, square)
         return np.stack([points_to_frame(p, m) for p, m in zip(points, to_crops)]).astype(np.float32)
 
@@ -339,6 +348,20 @@ class LandmarkPredictor:
         return torch.floor(points + 0.5).cpu().numpy()
 
 
+def _checked_boxes(boxes: np.ndarray) -> np.ndarray:
+    """``boxes`` as (N, 4) float32; a one-line error for any other shape or a non-finite value."""
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise UserError(f"expected face boxes of shape (N, 4), got {boxes.shape}")
+    if not np.isfinite(boxes).all():
+        raise UserError("face boxes contain NaN or infinite values")
+    return boxes
+
+
 def _parts(shape) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
@@ -370,16 +393,15 @@ class NearestFaceLandmarks:
         the images' pixels) in each of ``images``."""
         near = np.asarray(near, np.float32)
         centre = near.mean(axis=0)
-        out = np.empty((len(images), 68, 2), np.float32)
-        for i, (image, found) in enumerate(zip(images, self._detect(images))):
+        # Without a detection, the predictor is placed in the reference's box (harder for it).
+        boxes = np.tile(np.concatenate([near.min(axis=0), near.max(axis=0)]), (len(images), 1))
+        keypoints = np.full((len(images), 5, 2), np.nan, np.float32)
+        for i, found in enumerate(self._detect(images)):
             if len(found):
                 centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
                 k = int(np.argmin(np.linalg.norm(centres - centre, axis=1)))
-                out[i] = self.predictor.predict(image, found.boxes[k : k + 1], found.keypoints[k : k + 1])[0]
-            else:  # let dlib place itself in the reference's box (harder for it than a detection)
-                box = np.concatenate([near.min(axis=0), near.max(axis=0)])[None]
-                out[i] = self.predictor.predict(image, box)[0]
-        return out
+                boxes[i], keypoints[i] = found.boxes[k], found.keypoints[k]
+        return self.predictor.predict_each(images, boxes, keypoints)
 
     def _detect(self, images: list[np.ndarray]) -> list:
         """The detector's faces in each image (frame pixels), at most ``detect_side`` px a side."""
