@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import cache_dir, resolve_model
+from .box_sampling import SummedArea, footprint_half_sides
 from .dlib_serial import DlibFormatError, DlibReader, float_blocks
 
 
@@ -292,11 +293,8 @@ class FramePixels:
     cutting the crops: what ``LandmarkPredictor`` sees on the host, sampled on the frame's device.
 
     A crop pixel is the frame's grey averaged over a square around the point the crop -> frame map
-    sends it to, one frame pixel wide where the crop magnifies (that average is exactly bilinear
-    interpolation, as ``cv2.warpAffine``) and the crop pixel's footprint wide where it shrinks (an
-    area filter, as the host path's INTER_AREA resize before the warp), rounded to a whole grey
-    level. Squares are evaluated exactly from the grey frame's summed-area table; the part of a
-    square outside the frame is left out (the host path replicates the edge).
+    sends it to (``box_sampling``: bilinear where the crop magnifies, an area filter where it
+    shrinks, as the host path's warp), rounded to a whole grey level.
 
     Args:
         frame: (H, W) grey or (H, W, 3) RGB frame (RGB read as dlib reads it).
@@ -312,65 +310,34 @@ class FramePixels:
     def allocate(cls, height: int, width: int, batch: int, crop_size: int, device: torch.device,
                  summed: torch.Tensor | None = None) -> FramePixels:  # fmt: skip
         """Buffers for frames of ``height`` x ``width`` and ``batch`` faces, to :meth:`load` later;
-        ``summed``: a summed-area table buffer ((H + 1) * (W + 1) float64) to share."""
+        ``summed``: a (1, (H + 1) * (W + 1)) float64 summed-area table buffer to share."""
         pixels = cls.__new__(cls)
         pixels._allocate(height, width, batch, crop_size, device, summed)
         return pixels
 
     def _allocate(self, height: int, width: int, batch: int, crop_size: int, device: torch.device,
                   summed: torch.Tensor | None = None) -> None:  # fmt: skip
-        self.batch, self.crop_size, self.width, self.height = batch, int(crop_size), int(width), int(height)
-        if summed is None:
-            summed = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=device)
-        self.summed = summed
+        self.batch, self.crop_size = batch, int(crop_size)
+        self.area = SummedArea(height, width, 1, device, table=summed)
         self.to_frame = torch.zeros(batch, 2, 3, dtype=torch.float64, device=device)
-        self.half_side = torch.zeros(batch, 1, 1, dtype=torch.float64, device=device)
-        self.size = torch.tensor([width, height], dtype=torch.float64, device=device)
-        self.corner_signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=device)
+        self.half_side = torch.zeros(batch, 1, dtype=torch.float64, device=device)
 
     def load(self, frame: torch.Tensor, to_frame: torch.Tensor) -> None:
         """Take a frame and the faces' crop -> frame maps, written into this object's buffers
         (so that a CUDA graph captured around it reads each new frame)."""
         grey = dlib_grey(frame) if frame.ndim == 3 else frame
-        if tuple(grey.shape) != (self.height, self.width) or tuple(to_frame.shape) != (self.batch, 2, 3):
-            raise UserError(f"FramePixels for {self.batch} faces of a {self.width}x{self.height} frame got "
-                            f"{tuple(to_frame.shape)} maps and a {tuple(grey.shape)} frame")  # fmt: skip
-        table = self.summed.view(self.height + 1, self.width + 1)
-        table[1:, 1:] = grey.to(torch.float64).cumsum(0).cumsum(1)
+        if tuple(grey.shape) != (self.area.height, self.area.width) or tuple(to_frame.shape) != (self.batch, 2, 3):
+            raise UserError(f"FramePixels for {self.batch} faces of a {self.area.width}x{self.area.height} frame "
+                            f"got {tuple(to_frame.shape)} maps and a {tuple(grey.shape)} frame")  # fmt: skip
+        self.area.load(grey)
         self.to_frame.copy_(to_frame)
-        # Half the square's side in frame pixels: the crop pixel's footprint is |det|^0.5 of the map.
-        m = self.to_frame
-        footprint = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]).abs().sqrt()
-        self.half_side.copy_(0.5 * footprint.clamp(min=1.0)[:, None, None])
+        self.half_side.copy_(footprint_half_sides(self.to_frame)[:, None])
 
     def read(self, where: torch.Tensor) -> torch.Tensor:
         inside = ((where >= 0) & (where < self.crop_size)).all(dim=-1)
         points = where.double() @ self.to_frame[:, :, :2].transpose(1, 2) + self.to_frame[:, None, :, 2]
-        # Pixel centres are at integers, pixel (x, y) covers [x - 0.5, x + 0.5]: the frame spans
-        # [-0.5, size - 0.5]. A point off the frame reads the nearest edge, as the host's warp does.
-        points = torch.minimum(points.clamp(min=0.0), self.size - 1)
-        low = torch.minimum((points - self.half_side).clamp(min=-0.5), self.size - 0.5)
-        high = torch.minimum((points + self.half_side).clamp(min=-0.5), self.size - 0.5)
-        # The square's integral from the table at its four corners, in one pass: + - - +.
-        xs = torch.stack([high[..., 0], low[..., 0], high[..., 0], low[..., 0]], dim=-1)
-        ys = torch.stack([high[..., 1], high[..., 1], low[..., 1], low[..., 1]], dim=-1)
-        total = self._integral(xs, ys) @ self.corner_signs
-        area = (high - low).prod(dim=-1)
-        return (torch.floor(total / area + 0.5) * inside).float()
-
-    def _integral(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The grey frame integrated over [-0.5, x] x [-0.5, y]: bilinear in the summed-area
-        table, which is exact, since the integral of a piecewise constant image is bilinear on
-        each pixel."""
-        width = self.width
-        u, v = x + 0.5, y + 0.5  # table coordinates: entry (i, j) integrates rows < i, columns < j
-        j0 = torch.minimum(u.floor(), self.size[0] - 1).clamp(min=0)
-        i0 = torch.minimum(v.floor(), self.size[1] - 1).clamp(min=0)
-        fu, fv = u - j0, v - i0
-        index = (i0 * (width + 1) + j0).long()
-        top = self.summed[index] * (1 - fu) + self.summed[index + 1] * fu
-        bottom = self.summed[index + width + 1] * (1 - fu) + self.summed[index + width + 2] * fu
-        return top * (1 - fv) + bottom * fv
+        means = self.area.means(points, self.half_side)[..., 0]
+        return (torch.floor(means + 0.5) * inside).float()
 
 
 @dataclass
@@ -428,7 +395,7 @@ class FrameGraphs:
         height, width = frame.shape[:2]
         frame_key = (*frame.shape, frame.dtype)
         if frame_key not in self._frames:
-            table = torch.zeros((height + 1) * (width + 1), dtype=torch.float64, device=frame.device)
+            table = torch.zeros(1, (height + 1) * (width + 1), dtype=torch.float64, device=frame.device)
             self._frames[frame_key] = (frame.clone(), table)
         static_frame, table = self._frames[frame_key]
         static_to_frame, static_rects = to_frame.clone(), rects.clone()
