@@ -218,7 +218,7 @@ class Anonymizer:
         ``frame_tensor``: ``image`` on the detector's device, which the device paste may reuse."""
         if not tracks:
             return set()
-        from .faces.align import align_face
+        from .faces.align import align_faces
         from .faces.landmarks import landmarks_fit_boxes
 
         try:
@@ -238,12 +238,11 @@ class Anonymizer:
                     tracks, points = [tr for tr, ok in zip(tracks, fits) if ok], points[fits]
                     if not tracks:
                         return set()
-            aligned: list[AlignedFace] = []
-            for track, pts in zip(tracks, points):
-                with timer.stage("track"):  # landmark smoothing is part of tracking
-                    smoothed = self.tracker.set_landmarks(track.track_id, pts, t)
-                with timer.stage("align"):
-                    aligned.append(align_face(image, smoothed, self.config.generate.crop_size, track.track_id))
+            with timer.stage("track"):  # landmark smoothing is part of tracking
+                smoothed = [self.tracker.set_landmarks(tr.track_id, pts, t) for tr, pts in zip(tracks, points)]
+            with timer.stage("align"):
+                aligned: list[AlignedFace] = align_faces(image, smoothed, self.config.generate.crop_size,
+                                                         [tr.track_id for tr in tracks], frame=frame_tensor)  # fmt: skip
             with timer.stage("guard"):
                 aligned, latents, ways = self._identities_for(image, aligned, t)
             if not aligned:

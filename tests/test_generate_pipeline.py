@@ -316,11 +316,13 @@ def test_with_the_torch_detector_each_frame_is_uploaded_once(frames):
         assert stats.generated == 2 and (out != frame).any(axis=-1).sum() > 5000
         assert set(timer.take()) >= {"upload", "detect", "generate", "composite"}
     assert all(np.array_equal(f, b) for f, b in zip(pair, before))
-    # The same faces as the onnxruntime detector gives (its outputs differ from torch's by float rounding).
+    # The same faces as the onnxruntime detector gives (its outputs differ from torch's by float
+    # rounding; with the frame on the device the aligned crops are sampled there too, ~0.5 levels
+    # from the host warp's).
     onnxruntime = _run_two_faces(pair, "device", detect="onnxruntime")
     torch_path = _run_two_faces(pair, "device", detect="torch")
     for a, b in zip(onnxruntime, torch_path):
-        assert np.abs(a.astype(int) - b).mean() < 0.05  # measured: 0.0004-0.0008
+        assert np.abs(a.astype(int) - b).mean() < 0.2  # measured: 0.063 (0.0004-0.0008 with host crops)
 
 
 def test_torch_landmarks_give_the_same_frames_as_dlibs(frames):

@@ -168,14 +168,40 @@ def align_face(
     if zoom <= 0:
         raise UserError(f"zoom must be positive, got {zoom}")
     matrix = align_matrix(landmarks68, size, zoom)
-    crop = warp_image(image, matrix, size)
+    return _aligned(track_id, warp_image(image, matrix, size), matrix, landmarks68)
+
+
+def align_faces(image: np.ndarray, landmarks: list[np.ndarray], size: int, track_ids: list[int],
+                frame=None) -> list[AlignedFace]:  # fmt: skip
+    """:func:`align_face` for each face of one frame.
+
+    ``frame``: the same frame as an (H, W, 3) uint8 tensor on a device (the pipeline's upload).
+    The crops are then sampled there in one batch (``box_sampling.warp_on_device``: bilinear or
+    area-averaged like :func:`warp_image`, ~0.5 grey levels apart on average) and downloaded once,
+    instead of warped on the host face by face (~2 ms a 1080p face on a small CPU).
+    """
+    if frame is None:
+        return [align_face(image, lm, size, tid) for lm, tid in zip(landmarks, track_ids)]
+    if size < 8:
+        raise UserError(f"crop size must be at least 8 pixels, got {size}")
+    import torch
+
+    from .box_sampling import warp_on_device
+
+    matrices = [align_matrix(lm, size) for lm in landmarks]
+    to_frame = torch.from_numpy(np.stack([cv2.invertAffineTransform(m) for m in matrices]))
+    crops = warp_on_device(frame, to_frame, size).cpu().numpy()
+    return [_aligned(tid, crop, m, lm) for tid, crop, m, lm in zip(track_ids, crops, matrices, landmarks)]
+
+
+def _aligned(track_id: int, crop: np.ndarray, matrix: np.ndarray, landmarks68: np.ndarray) -> AlignedFace:
     crop_landmarks = points_to_crop(landmarks68, matrix).astype(np.float32)
     return AlignedFace(
         track_id=int(track_id),
         image=crop,
         matrix=matrix,
         landmarks=crop_landmarks,
-        mask=face_mask(crop_landmarks, size),
+        mask=face_mask(crop_landmarks, crop.shape[0]),
     )
 
 
