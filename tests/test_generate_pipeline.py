@@ -316,13 +316,11 @@ def test_with_the_torch_detector_each_frame_is_uploaded_once(frames):
         assert stats.generated == 2 and (out != frame).any(axis=-1).sum() > 5000
         assert set(timer.take()) >= {"upload", "detect", "generate", "composite"}
     assert all(np.array_equal(f, b) for f, b in zip(pair, before))
-    # The same faces as the onnxruntime detector gives (its outputs differ from torch's by float
-    # rounding; with the frame on the device the aligned crops are sampled there too, ~0.5 levels
-    # from the host warp's).
+    # The same faces as the onnxruntime detector gives (its outputs differ from torch's by float rounding).
     onnxruntime = _run_two_faces(pair, "device", detect="onnxruntime")
     torch_path = _run_two_faces(pair, "device", detect="torch")
     for a, b in zip(onnxruntime, torch_path):
-        assert np.abs(a.astype(int) - b).mean() < 0.2  # measured: 0.063 (0.0004-0.0008 with host crops)
+        assert np.abs(a.astype(int) - b).mean() < 0.05  # measured: 0.0004-0.0008
 
 
 def test_torch_landmarks_give_the_same_frames_as_dlibs(frames):
@@ -343,18 +341,31 @@ def test_torch_landmarks_give_the_same_frames_as_dlibs(frames):
 
 def test_with_the_frame_uploaded_the_torch_landmarks_read_it_there(frames, monkeypatch):
     """The GPU layout (torch detector and landmarks on one device; CPU tensors here): the landmark
-    stage samples its crops on the uploaded frame instead of cutting them on the host, and the
-    faces are generated where the host path puts them."""
+    stage and the alignment sample their crops on the uploaded frame instead of cutting them on
+    the host, and the faces are generated where the host path puts them."""
+    import torch
+
+    import streamanon.faces.box_sampling as box_sampling
     import streamanon.faces.shape_predictor_torch as spt
+    import streamanon.pipeline as pipeline
 
-    sampled = []
-    real = spt.FramePixels
+    sampled, aligned = [], []
+    pixels, warp = spt.FramePixels, box_sampling.warp_on_device
 
-    def spy(frame, to_frame, crop_size):
+    def pixels_spy(frame, to_frame, crop_size):
         sampled.append(len(to_frame))
-        return real(frame, to_frame, crop_size)
+        return pixels(frame, to_frame, crop_size)
 
-    monkeypatch.setattr(spt, "FramePixels", spy)
+    def warp_spy(frame, to_frame, size):
+        aligned.append(len(to_frame))
+        return warp(frame, to_frame, size)
+
+    monkeypatch.setattr(spt, "FramePixels", pixels_spy)
+    monkeypatch.setattr(box_sampling, "warp_on_device", warp_spy)
+    # The pipeline samples on the frame only on a GPU (host warps are faster on a CPU): here, on
+    # CPU tensors, as it would there.
+    assert not pipeline.samples_on_device(torch.zeros(2, 2, 3)) and not pipeline.samples_on_device(None)
+    monkeypatch.setattr(pipeline, "samples_on_device", lambda frame: frame is not None)
     pair = _two_faces(frames[:2])
     outputs = {}
     for backend in ("dlib", "torch"):
@@ -368,6 +379,7 @@ def test_with_the_frame_uploaded_the_torch_landmarks_read_it_there(frames, monke
             assert stats.generated == 2
             outputs[backend].append(out)
     assert sampled == [2, 2]  # both faces of each frame at once, only with the torch landmarks
+    assert aligned == [2, 2, 2, 2]  # the aligned crops too, with either landmark backend
     for a, b, original in zip(outputs["dlib"], outputs["torch"], pair):
         changed = (a != original).any(axis=-1)
         difference = np.abs(a.astype(int) - b)[changed].mean()
