@@ -64,6 +64,7 @@ class Anonymizer:
         # mode, device compositing) the paste-back: no host resize, no second upload.
         self._frame_device = self.detector.tensor_device
         self._frame_index = 0
+        self._aligns_on_device = True  # until sampling the aligned crops on the device fails once
         self._local_passes_left = 0  # frames until the next full-frame detection
         self._generate = self.config.mode == "generate"
         if self._generate:
@@ -224,7 +225,6 @@ class Anonymizer:
         ``frame_tensor``: ``image`` on the detector's device, which the device paste may reuse."""
         if not tracks:
             return set()
-        from .faces.align import align_faces
         from .faces.landmarks import landmarks_fit_boxes
 
         try:
@@ -249,8 +249,7 @@ class Anonymizer:
             with timer.stage("track"):  # landmark smoothing is part of tracking
                 smoothed = [self.tracker.set_landmarks(tr.track_id, pts, t) for tr, pts in zip(tracks, points)]
             with timer.stage("align"):
-                aligned: list[AlignedFace] = align_faces(image, smoothed, self.config.generate.crop_size,
-                                                         [tr.track_id for tr in tracks], frame=on_device)  # fmt: skip
+                aligned = self._align(image, smoothed, [tr.track_id for tr in tracks], on_device)
             with timer.stage("guard"):
                 aligned, latents, ways = self._identities_for(image, aligned, t)
             if not aligned:
@@ -260,6 +259,21 @@ class Anonymizer:
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
         return {face.track_id for face in aligned}
+
+    def _align(self, image: np.ndarray, landmarks: list[np.ndarray], track_ids: list[int], frame) -> list[AlignedFace]:
+        """The faces' aligned crops, sampled on ``frame`` (the frame on a GPU) when given. If that
+        fails (e.g. a CUDA error) the host warps take over for the rest of the run, rather than
+        every face being blurred from then on."""
+        from .faces.align import align_faces
+
+        size = self.config.generate.crop_size
+        if frame is not None and self._aligns_on_device:
+            try:
+                return align_faces(image, landmarks, size, track_ids, frame=frame)
+            except RuntimeError:
+                log.warning("aligning faces on the device failed; the host aligns them from now on", exc_info=True)
+                self._aligns_on_device = False
+        return align_faces(image, landmarks, size, track_ids)
 
     def _frame_view(self, image: np.ndarray, face: AlignedFace, copy: bool = False) -> View:
         """The guard's view of a face: a region of the frame around it, where a candidate is

@@ -386,6 +386,30 @@ def test_with_the_frame_uploaded_the_torch_landmarks_read_it_there(frames, monke
         assert difference < 6  # measured 2.6-2.9; another identity (seed 1) differs by 14.4
 
 
+def test_a_failing_device_alignment_hands_over_to_the_host(frames, monkeypatch, caplog):
+    """An error sampling the aligned crops on the GPU (a CUDA error) must not blur every face from
+    then on: the host warps take over, once and for the rest of the run."""
+    import streamanon.faces.box_sampling as box_sampling
+    import streamanon.pipeline as pipeline
+
+    calls = []
+
+    def broken(frame, to_frame, size):
+        calls.append(len(to_frame))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(box_sampling, "warp_on_device", broken)
+    monkeypatch.setattr(pipeline, "samples_on_device", lambda frame: frame is not None)
+    pair = _two_faces(frames[:2])
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "detect.backend": "torch", "generate.guard_candidates": 0}))  # fmt: skip
+    for i, frame in enumerate(pair):
+        out, stats = anonymizer.process_frame(Frame(frame, i))
+        assert stats.generated == 2 and (out != frame).any(axis=-1).sum() > 5000
+    assert calls == [2]  # tried once, then the host
+    assert caplog.text.count("the host aligns them from now on") == 1
+
+
 def test_composite_setting_reaches_the_summary_and_rejects_bad_values():
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.composite": "device"}))
     assert anonymizer.backend_name.endswith(", composite on cpu)")
