@@ -114,7 +114,7 @@ def landmarks_fit_boxes(points: np.ndarray, boxes: np.ndarray, min_iou: float = 
     points = np.asarray(points, np.float32).reshape(len(boxes), -1, 2)
     finite = np.isfinite(points).all(axis=(1, 2))
     extents = np.concatenate([np.nan_to_num(points).min(axis=1), np.nan_to_num(points).max(axis=1)], axis=1)
-    overlap = np.array([box_iou(box[None], extent[None])[0, 0] for box, extent in zip(boxes, extents)])
+    overlap = np.diagonal(box_iou(boxes, extents))  # face i's box against its own points
     return finite & (overlap >= min_iou)
 
 
@@ -311,22 +311,26 @@ class LandmarkPredictor:
         import cv2
         import torch
 
-        from .shape_predictor_torch import FramePixels
-
         to_frame = torch.from_numpy(np.stack([cv2.invertAffineTransform(m) for m in to_crops]))
         rects = torch.from_numpy(rects)
         try:
-            if self._frame_graphs is not None:
-                try:
-                    return torch.floor(self._frame_graphs(frame, to_frame, rects) + 0.5).cpu().numpy()
-                except RuntimeError:  # capture or replay: the same work without graphs still runs
-                    log.warning("CUDA graphs of the landmark predictor failed; it runs without them", exc_info=True)
-                    self._frame_graphs = None
-            points = self._torch_predictor.run(FramePixels(frame, to_frame, 2 * self.work_size), rects)
-            return torch.floor(points + 0.5).cpu().numpy()
+            return _whole_pixels(self._frame_points(frame, to_frame, rects))
         except RuntimeError:
             self._fall_back_to_dlib()
             return None
+
+    def _frame_points(self, frame, to_frame, rects):
+        """The torch predictor's unrounded points on crops sampled from ``frame``: replayed as CUDA
+        graphs where there are some; if those fail, the same work without them from then on."""
+        from .shape_predictor_torch import FramePixels
+
+        if self._frame_graphs is not None:
+            try:
+                return self._frame_graphs(frame, to_frame, rects)
+            except RuntimeError:  # capture or replay
+                log.warning("CUDA graphs of the landmark predictor failed; it runs without them", exc_info=True)
+                self._frame_graphs = None
+        return self._torch_predictor.run(FramePixels(frame, to_frame, 2 * self.work_size), rects)
 
     def _fall_back_to_dlib(self) -> None:
         # e.g. a CUDA error: dlib gives the same points, only slower, rather than every face blurred
@@ -344,8 +348,7 @@ class LandmarkPredictor:
             batch = frame[None].expand(len(images), *frame.shape)
         else:
             batch = torch.from_numpy(np.stack(images)).to(self.device)
-        points = self._torch_predictor(batch, torch.from_numpy(rects))
-        return torch.floor(points + 0.5).cpu().numpy()
+        return _whole_pixels(self._torch_predictor(batch, torch.from_numpy(rects)))
 
 
 def _checked_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -360,6 +363,11 @@ def _checked_boxes(boxes: np.ndarray) -> np.ndarray:
     if not np.isfinite(boxes).all():
         raise UserError("face boxes contain NaN or infinite values")
     return boxes
+
+
+def _whole_pixels(points) -> np.ndarray:
+    """The torch predictor's points rounded as dlib rounds its own, as a host array."""
+    return (points + 0.5).floor().cpu().numpy()
 
 
 def _parts(shape) -> np.ndarray:
