@@ -205,27 +205,66 @@ def paste_region(
     (bilinear sampling reaches that far), clipped to the frame. Shared by the CPU and the torch
     compositor so both touch exactly the same pixels.
     """
-    matrix = np.asarray(matrix_frame_to_crop, dtype=np.float64)
-    if matrix.shape != (2, 3):
-        raise ValueError(f"matrix must be (2, 3), got {matrix.shape}")
     crop_alpha = np.asarray(crop_alpha, dtype=np.float32)
     if tuple(crop_shape[:2]) != crop_alpha.shape:
         raise ValueError(f"crop {tuple(crop_shape[:2])} and crop_alpha {crop_alpha.shape} differ in size")
     rows, cols = np.nonzero(crop_alpha > 0)
     if rows.size == 0:
+        _check_matrix(matrix_frame_to_crop)
         return None
-    linear, shift = matrix[:, :2], matrix[:, 2]
-    if abs(np.linalg.det(linear)) < 1e-12:
-        raise ValueError("matrix_frame_to_crop is singular")
-    inverse = np.linalg.inv(linear)
-    # Bilinear sampling reaches one crop pixel beyond the support; map that box's corners.
-    cx0, cy0, cx1, cy1 = cols.min() - 1, rows.min() - 1, cols.max() + 1, rows.max() + 1
-    corners = np.array([[cx0, cy0], [cx1, cy0], [cx1, cy1], [cx0, cy1]], dtype=np.float64)
-    in_frame = (corners - shift) @ inverse.T
-    roi = clip_box((*in_frame.min(axis=0), *(in_frame.max(axis=0) + 1.0)), frame_shape)
+    support = (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+    return place_support(frame_shape, matrix_frame_to_crop, support)
+
+
+def feather_support(mask: np.ndarray, width_px: float) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(col0, row0, col1, row1)`` (inclusive) of the pixels where
+    ``feather(mask, width_px, outside_border=True) > 0``, without computing the alpha; ``None``
+    when there are none.
+
+    Those pixels are the region ``mask > 0.5`` less its outermost layer: a pixel with a 4-neighbour
+    outside the region (or beyond the array's edge) is at distance 1 and gets alpha 0, every other
+    one is at least sqrt(2) away and gets a positive alpha. With ``width_px <= 0`` it is the region.
+    The device compositor uses it to place faces while their alphas are computed on the device.
+    """
+    region = (np.asarray(mask, dtype=np.float32) > 0.5).astype(np.uint8)
+    if width_px > 0:
+        cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+        region = cv2.erode(region, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    x, y, w, h = cv2.boundingRect(region)
+    if w == 0 or h == 0:
+        return None
+    return x, y, x + w - 1, y + h - 1
+
+
+def place_support(
+    frame_shape: tuple[int, ...], matrix_frame_to_crop: np.ndarray, support: tuple[int, int, int, int]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """:func:`paste_region` for an alpha whose support has the bounding box ``support``
+    (``(col0, row0, col1, row1)``, inclusive, in crop pixels)."""
+    (a, b, tx), (c, d, ty) = _check_matrix(matrix_frame_to_crop).tolist()
+    det = a * d - b * c
+    # Bilinear sampling reaches one crop pixel beyond the support; map that box's corners to the
+    # frame with the inverse of the 2x2 part (plain floats: this runs per face and frame).
+    cx0, cy0, cx1, cy1 = support[0] - 1, support[1] - 1, support[2] + 1, support[3] + 1
+    xs, ys = [], []
+    for u, v in ((cx0, cy0), (cx1, cy0), (cx1, cy1), (cx0, cy1)):
+        u, v = u - tx, v - ty
+        xs.append((d * u - b * v) / det)
+        ys.append((a * v - c * u) / det)
+    roi = clip_box((min(xs), min(ys), max(xs) + 1.0, max(ys) + 1.0), frame_shape)
     if roi is None:
         return None
     x1, y1 = roi[0], roi[1]
     # Frame pixel p = p_roi + (x1, y1), so the crop is sampled at M p = A p_roi + (A (x1, y1) + t).
-    local = np.concatenate([linear, (linear @ np.array([x1, y1], dtype=np.float64) + shift)[:, None]], axis=1)
+    local = np.array([[a, b, a * x1 + b * y1 + tx], [c, d, c * x1 + d * y1 + ty]], dtype=np.float64)
     return roi, local
+
+
+def _check_matrix(matrix_frame_to_crop: np.ndarray) -> np.ndarray:
+    """The frame-to-crop affine as float64 ``(2, 3)``; raises on a wrong shape or a singular one."""
+    matrix = np.asarray(matrix_frame_to_crop, dtype=np.float64)
+    if matrix.shape != (2, 3):
+        raise ValueError(f"matrix must be (2, 3), got {matrix.shape}")
+    if abs(matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]) < 1e-12:
+        raise ValueError("matrix_frame_to_crop is singular")
+    return matrix

@@ -22,14 +22,18 @@ from streamanon.types import AlignedFace  # noqa: E402
 S = 128
 
 
-def _scene(seed: int = 0) -> tuple[np.ndarray, list[AlignedFace]]:
-    """A smooth 320x240 frame and three faces on it, two of them overlapping, one cut by the edge."""
+def _scene(seed: int = 0, off_frame: bool = False) -> tuple[np.ndarray, list[AlignedFace]]:
+    """A smooth 320x240 frame and three faces on it, two of them overlapping, one cut by the edge;
+    with ``off_frame``, a fourth one between them that lands entirely outside the frame."""
     rng = np.random.default_rng(seed)
     frame = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 4)
     landmarks = template(S).astype(np.float32)
     mask = face_mask(landmarks, S)
     faces = []
-    for track_id, (cx, cy, scale, angle) in enumerate([(80, 100, 1.3, 0.1), (130, 120, 1.0, -0.2), (300, 40, 0.8, 0.0)]):
+    places = [(80, 100, 1.3, 0.1), (130, 120, 1.0, -0.2), (300, 40, 0.8, 0.0)]
+    if off_frame:
+        places.insert(1, (900, -500, 1.0, 0.0))
+    for track_id, (cx, cy, scale, angle) in enumerate(places):
         crop = cv2.GaussianBlur(rng.integers(60, 200, (S, S, 3), dtype=np.uint8), (0, 0), 2)
         linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         matrix = np.concatenate([linear, (np.array([64.0, 64.0]) - linear @ [cx, cy])[:, None]], axis=1)
@@ -37,11 +41,11 @@ def _scene(seed: int = 0) -> tuple[np.ndarray, list[AlignedFace]]:
     return frame, faces
 
 
-def _compose(device: str, composite: str, ways: list[str]) -> np.ndarray:
+def _compose(device: str, composite: str, ways: list[str], off_frame: bool = False) -> np.ndarray:
     generator = load_generator(None, device=device, backend="eager")
     post = postprocessings(get_backend(device), PhotometricConfig())
     compositor = FaceCompositor(generator, post, feather=0.25, composite=composite)
-    frame, faces = _scene()
+    frame, faces = _scene(off_frame=off_frame)
     latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
     out = frame.copy()
     compositor(frame, out, faces, latents, ways)
@@ -56,6 +60,21 @@ def test_device_path_on_cpu_tensors_matches_the_host_path():
         assert np.abs(host.astype(int) - device).max() <= 1
         assert (device != frame).any(axis=-1).sum() > 5000
         assert np.array_equal(device[200:, :40], frame[200:, :40])  # far from every face
+
+
+def test_a_face_off_the_frame_is_skipped_by_both_paths():
+    """The device path places faces from their masks and pastes the rest as one batch: a face that
+    lands nowhere in between must not shift the others' crops or alphas."""
+    host = _compose("cpu", "host", ["full"] * 4, off_frame=True)
+    device = _compose("cpu", "device", ["full"] * 4, off_frame=True)
+    assert np.abs(host.astype(int) - device).max() <= 1
+    generator = load_generator(None, device="cpu", backend="eager")
+    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    frame, faces = _scene(off_frame=True)
+    latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
+    without = frame.copy()
+    compositor(frame, without, faces[:1] + faces[2:], np.delete(latents, 1, axis=0), ["full"] * 3)
+    assert np.array_equal(device, without)
 
 
 def test_a_frame_already_on_the_device_is_pasted_into_and_gives_the_same_pixels():

@@ -91,6 +91,81 @@ def test_cpu_tensors_reach_the_reference_backend_without_a_copy():
     assert back.data_ptr() == tensor.data_ptr() and torch.equal(back, tensor)
 
 
+def _masks(seed: int) -> np.ndarray:
+    """Masks the compositor meets and some it should survive: a face mask, shapes touching the
+    edges, one-pixel lines, specks, an empty and a full mask, a soft one; (B, S, S) float32."""
+    from streamanon.faces.align import face_mask, template
+
+    rng = np.random.default_rng(seed)
+    masks = [face_mask(template(S) + rng.normal(0, 3, (68, 2)), S)]
+    disc = np.zeros((S, S), np.float32)
+    cv2.circle(disc, tuple(int(v) for v in rng.integers(0, S, 2)), int(rng.integers(5, 90)), 1.0, -1)
+    masks.append(disc)
+    lines = np.zeros((S, S), np.float32)
+    lines[int(rng.integers(0, S))] = 1.0
+    lines[:, int(rng.integers(0, S))] = 1.0
+    masks.append(lines)
+    masks.append((rng.random((S, S)) > 0.7).astype(np.float32))
+    masks += [np.zeros((S, S), np.float32), np.ones((S, S), np.float32)]
+    masks.append(cv2.GaussianBlur(disc, (0, 0), 4))  # soft: alpha also scales by the mask
+    return np.stack(masks)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("width", [0.0, 0.3, 1.0, 2.5, 7.68, 12.0, 300.0])
+def test_device_feather_equals_the_reference(seed, width):
+    masks = _masks(seed)
+    got = composite_torch.feather(torch.from_numpy(masks), width).numpy()
+    for mask, alpha in zip(masks, got):
+        assert np.array_equal(alpha, composite.feather(mask, width, outside_border=True))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("width", [0.0, 1.0, 7.68])
+def test_feather_support_is_the_bounding_box_of_the_alpha(seed, width):
+    for mask in _masks(seed):
+        rows, cols = np.nonzero(composite.feather(mask, width) > 0)
+        expected = (cols.min(), rows.min(), cols.max(), rows.max()) if rows.size else None
+        assert composite.feather_support(mask, width) == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_placing_a_support_box_equals_placing_the_alpha(seed):
+    frame, crop, matrix, alpha = _case(seed)
+    support = composite.feather_support((alpha > 0).astype(np.float32), 0.0)
+    by_alpha = composite.paste_region(frame.shape, matrix, crop.shape, alpha)
+    by_box = composite.place_support(frame.shape, matrix, support)
+    assert (by_alpha is None) == (by_box is None)
+    if by_alpha is not None:
+        assert by_box[0] == by_alpha[0]
+        np.testing.assert_allclose(by_box[1], by_alpha[1], rtol=0, atol=1e-9)
+
+
+def test_batched_paste_equals_pasting_one_by_one():
+    """Several faces of different placements, two of them overlapping: one batch gives exactly the
+    pixels of one paste after the other (a later face covers an earlier one)."""
+    frame, _, _, _ = _case(3)
+    frame = cv2.resize(frame, (400, 300))
+    cases = [_case(seed) for seed in (4, 5, 6)]
+    crops = np.stack([crop for _, crop, _, _ in cases])
+    alphas = np.stack([alpha for _, _, _, alpha in cases])
+    matrices = [matrix for _, _, matrix, _ in cases]
+    # The third face lands on the first one, shifted by 7 px.
+    matrices[0] = np.array([[0.8, 0.1, -100.0], [-0.1, 0.8, -60.0]])
+    matrices[2] = matrices[0] + np.array([[0.0, 0.0, 7.0], [0.0, 0.0, 5.0]])
+    placements = [composite.paste_region(frame.shape, m, crops[0].shape, a) for m, a in zip(matrices, alphas)]
+    assert all(placement is not None for placement in placements)
+    one_by_one = torch.from_numpy(frame.copy())
+    for crop, alpha, placement in zip(crops, alphas, placements):
+        composite_torch.paste_placed(one_by_one, torch.from_numpy(crop), *placement, alpha)
+    batched = torch.from_numpy(frame.copy())
+    composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), placements)
+    assert torch.equal(batched, one_by_one)
+    assert not torch.equal(batched, torch.from_numpy(frame))
+    with pytest.raises(ValueError, match="differ in number"):
+        composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), placements[:2])
+
+
 # ------------------------------------------------------------------ CUDA (skipped on CPU machines)
 
 
@@ -113,3 +188,13 @@ def test_cuda_tensors_become_cupy_arrays_over_the_same_memory():
     assert isinstance(array, cupy.ndarray) and array.data.ptr == tensor.data_ptr()
     back = from_backend(array * 2, "cuda")
     assert back.is_cuda and torch.equal(back, tensor * 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("width", [0.0, 7.68, 12.0])
+def test_cuda_feather_equals_the_reference(width):
+    masks = _masks(0)
+    got = composite_torch.feather(torch.from_numpy(masks).cuda(), width).cpu().numpy()
+    for mask, alpha in zip(masks, got):
+        assert np.array_equal(alpha, composite.feather(mask, width, outside_border=True))

@@ -7,9 +7,11 @@ Two paths with the same result (up to one grey level of rounding):
   arrays (the CUDA backend uploads and downloads them itself) and OpenCV pastes them
   (:func:`streamanon.composite.paste_aligned`);
 - **device**: the faces stay on the generator's device: the CuPy photometric backend takes the
-  tensors over DLPack, and :func:`streamanon.composite_torch.paste_aligned` pastes them into the
-  frame's face region, which comes back once per frame (and goes up once, unless the caller
-  passes the frame already on the device).
+  tensors over DLPack, their alphas are feathered there (:func:`streamanon.composite_torch.feather`,
+  the host's values exactly) and one batch pastes them into the frame's face region
+  (:func:`~streamanon.composite_torch.paste_placed_batch`), which comes back once per frame (and
+  goes up once, unless the caller passes the frame already on the device). The host only places
+  each face, from its mask's support box (:func:`streamanon.composite.feather_support`).
 
 Needs no landmark predictor or video I/O, so the GPU-side cost of generate mode can be timed on
 its own (``benchmarks/bench_face_path.py``).
@@ -21,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..composite import feather, paste_aligned, paste_region
+from ..composite import feather, feather_support, paste_aligned, place_support
 from ..config import Composite
 from ..timing import NULL_TIMER, StageClock
 from ..types import AlignedFace
@@ -59,10 +61,14 @@ class FaceCompositor:
         """Where faces are composited, for run summaries: "host" or the device's name."""
         return str(self.generator.device) if self.on_device else "host"
 
+    def feather_px(self, face: AlignedFace) -> float:
+        """Width of the paste's soft edge in crop pixels: the face spans about half the crop, so
+        it is ``feather`` of the face size."""
+        return self.feather * face.size / 2
+
     def alpha(self, face: AlignedFace) -> np.ndarray:
-        """Paste-back alpha of a crop; the face spans about half the crop, so the soft edge is
-        ``feather`` of the face size."""
-        return feather(face.mask, self.feather * face.size / 2, outside_border=True)
+        """Paste-back alpha of a crop (the device path computes the same on the device)."""
+        return feather(face.mask, self.feather_px(face), outside_border=True)
 
     def __call__(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
                  ways: Sequence[str], timer: StageClock = NULL_TIMER, frame=None) -> None:  # fmt: skip
@@ -114,12 +120,18 @@ class FaceCompositor:
             with timer.stage("photometric"):
                 shown = from_backend(self.postprocessed(to_backend(fakes), aligned, ways), fakes.device)
             with timer.stage("composite"):
-                alphas = [self.alpha(face) for face in aligned]
-                placements = [paste_region(image.shape, face.matrix, face.image.shape, alpha)
-                              for face, alpha in zip(aligned, alphas)]  # fmt: skip
-                rois = np.array([placement[0] for placement in placements if placement is not None])
-                if not len(rois):
+                # Alphas on the device, all faces at once; the host only places them (from the
+                # masks' support boxes, the same pixels as the host path's alphas decide).
+                width = self.feather_px(aligned[0])
+                masks = torch.from_numpy(np.stack([face.mask for face in aligned])).to(fakes.device)
+                alphas = composite_torch.feather(masks, width)
+                supports = [feather_support(face.mask, width) for face in aligned]
+                placements = [None if support is None else place_support(image.shape, face.matrix, support)
+                              for face, support in zip(aligned, supports)]  # fmt: skip
+                placed = [i for i, placement in enumerate(placements) if placement is not None]
+                if not placed:
                     return
+                rois = np.array([placements[i][0] for i in placed])
                 x0, y0 = rois[:, :2].min(axis=0)
                 x1, y1 = rois[:, 2:].max(axis=0)
                 # The region under all faces goes up once (unless the frame is there already) and
@@ -128,9 +140,9 @@ class FaceCompositor:
                     region = frame[y0:y1, x0:x1]
                 else:
                     region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
-                for fake, alpha, placement in zip(shown, alphas, placements):
-                    if placement is not None:
-                        (rx1, ry1, rx2, ry2), local = placement  # local: ROI pixel -> crop, wherever the ROI is
-                        composite_torch.paste_placed(region, fake, (rx1 - x0, ry1 - y0, rx2 - x0, ry2 - y0), local,
-                                                     alpha)  # fmt: skip
+                # Regions shifted into the pasted region; local (ROI pixel -> crop) holds wherever the ROI is.
+                in_region = [((rx1 - x0, ry1 - y0, rx2 - x0, ry2 - y0), local)
+                             for (rx1, ry1, rx2, ry2), local in (placements[i] for i in placed)]  # fmt: skip
+                rows = torch.as_tensor(placed, device=fakes.device) if len(placed) < len(aligned) else slice(None)
+                composite_torch.paste_placed_batch(region, shown[rows], alphas[rows], in_region)
                 out[y0:y1, x0:x1] = region.cpu().numpy()
