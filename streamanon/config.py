@@ -155,8 +155,8 @@ class GenerateConfig:
     # blurred (instead of holding up the frame ~1 s on 2 CPU cores), and a shown identity stays on
     # screen while its re-check runs, blurred from the next frame if the check fails.
     # Unset: on for live streams with --latency realtime, off elsewhere (files come out the same on
-    # every run). Only with the eager generator: compiled ones (CUDA graphs, TensorRT) stay on the
-    # thread that built them.
+    # every run). A compiled generator (CUDA graphs, TensorRT) stays on the thread that built it;
+    # the guard's thread runs the same weights eagerly.
     guard_background: bool | None = None
     # Where generated faces are post-processed and pasted into the frame: "device" keeps them on the
     # generator's device (the frame's face region is uploaded once and downloaded once per frame),

@@ -90,7 +90,7 @@ class Anonymizer:
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
             self.compositor = FaceCompositor(self.generator, self.postprocess, self.config.replace.feather,
                                              self.config.generate.composite)  # fmt: skip
-            self.guard = self._build_guard()
+            self.guard = self._build_guard(in_background=bool(self.config.generate.guard_background))
         self._pastes_on_device = self._generate and self.compositor.on_device
         # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
         self._identities: dict[int, IdentityChoice] = {}
@@ -101,10 +101,7 @@ class Anonymizer:
         self._checking: dict[int, tuple[Future, IdentityChoice]] = {}
         self._guard_thread: ThreadPoolExecutor | None = None
         if self._generate and self.guard is not None and self.config.generate.guard_background:
-            if self.generator.backend_name == "eager":
-                self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
-            else:  # CUDA graphs and TensorRT contexts are the thread's that made them: not shared
-                log.info("identity choices stay in the foreground with the %s generator", self.generator.backend_name)
+            self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
 
     @property
     def backend_name(self) -> str:
@@ -132,17 +129,21 @@ class Anonymizer:
         self._choosing.clear()
         self._checking.clear()
 
-    def _build_guard(self) -> IdentityGuard | None:
+    def _build_guard(self, in_background: bool) -> IdentityGuard | None:
+        """The identity guard, or None when it is off. ``in_background``: it will run on its own
+        thread, so a compiled generator (CUDA graphs and TensorRT contexts belong to the thread that
+        built them) is replaced there by its eager twin on the same weights."""
         settings = self.config.generate
         if settings.guard_candidates == 0:
             return None
+        generator = self.generator.eager_twin() if in_background else self.generator
         from .faces.landmarks import NearestFaceLandmarks
         from .generate.guard import OBSERVER_SIDE, IdentityGuard
 
         plausibility = self.detector.face_scores if settings.guard_plausibility else None
         # The guard finds a candidate's own landmarks with this pipeline's detector and landmark stage.
         observer = NearestFaceLandmarks(self.detector, self.landmarks, OBSERVER_SIDE)
-        return IdentityGuard(self.generator, self.postprocess, settings.guard_candidates, settings.guard_distance,
+        return IdentityGuard(generator, self.postprocess, settings.guard_candidates, settings.guard_distance,
                              plausibility=plausibility, landmarks=settings.guard_landmarks, observer=observer)  # fmt: skip
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray:

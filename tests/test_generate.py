@@ -278,6 +278,21 @@ def test_generator_runs_one_call_at_a_time(weights):
     assert held == [True] and not runtime._lock.locked()
 
 
+def test_eager_twin_shares_the_weights_and_gives_the_same_faces(weights):
+    """The identity guard's thread runs a compiled runtime's module eagerly, with its own lock."""
+    eager = load_generator(weights, backend="eager")
+    assert eager.eager_twin() is eager
+    compiled = load_generator(weights, backend="compile", warmup=False)  # not compiled until first used
+    twin = compiled.eager_twin()
+    assert twin.backend_name == "eager" and twin.module is compiled.module and twin._lock is not compiled._lock
+    same = ("device", "dtype", "seed", "model_hash")
+    assert [getattr(twin, name) for name in same] == [getattr(eager, name) for name in same]
+    faces = _aligned(TINY, [1, 2, 3])
+    assert np.array_equal(twin(faces), eager(faces))
+    with compiled._lock:  # a compiled call in progress on another thread does not hold the twin up
+        assert twin(faces[:1]).shape == (1, TINY.resolution, TINY.resolution, 3)
+
+
 def test_missing_weights_raise_model_unavailable_with_how_to(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "PACKAGE_WEIGHTS", tmp_path / "none")
     monkeypatch.setenv("STREAMANON_MODELS", str(tmp_path / "empty"))

@@ -237,7 +237,12 @@ def test_guard_background_setting_is_checked():
     config = AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.guard_background": True})
     assert Anonymizer(config).guard_in_background
     compiled = load_generator(None, backend="compile", warmup=False)  # not compiled until first used
-    assert not Anonymizer(config, generator=compiled).guard_in_background  # its graphs stay on one thread
+    anonymizer = Anonymizer(config, generator=compiled)
+    # Compiled graphs stay on the thread that built them; the guard's thread runs the same weights eagerly.
+    assert anonymizer.guard_in_background and anonymizer.generator is compiled
+    assert anonymizer.guard.generator.backend_name == "eager" and anonymizer.guard.generator.module is compiled.module
+    foreground = Anonymizer(config.with_overrides({"generate.guard_background": False}), generator=compiled)
+    assert not foreground.guard_in_background and foreground.guard.generator is compiled
     with pytest.raises(UserError, match="generate.guard_background"):
         AnonymizerConfig().with_overrides({"generate.guard_background": "yes"})
 

@@ -148,6 +148,20 @@ class GeneratorRuntime:
         else:
             raise UserError(f"unknown generator backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
+    def eager_twin(self) -> GeneratorRuntime:
+        """A runtime for another thread: the same module and weights (no copy), run eagerly.
+
+        CUDA graphs and TensorRT contexts belong to the thread that built them, so the identity
+        guard's thread cannot share a compiled runtime; this one runs beside it with its own lock
+        (it keeps no static buffers). Its faces differ from the compiled ones by the compiler's
+        rounding only (``compile`` matches eager within 2 levels, tested). An eager runtime is its
+        own twin.
+        """
+        if self.backend_name == "eager":
+            return self
+        return GeneratorRuntime(self.module, self.device, self.dtype, "eager", self.model_hash, seed=self.seed,
+                                max_batch=self.max_batch, engine_dir=self.engine_dir)  # fmt: skip
+
     # ----------------------------------------------------------------- tensor level
     @property
     def resolution(self) -> int:
