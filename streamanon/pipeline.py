@@ -47,6 +47,17 @@ def samples_on_device(frame_tensor) -> bool:
     return frame_tensor is not None and frame_tensor.device.type != "cpu"
 
 
+def _start_guard_thread(device) -> None:
+    """The guard's thread queues its GPU work on a CUDA stream of its own, so frames do not wait
+    behind it; if that fails it stays on the default stream (slower frames, same results)."""
+    from .photometric.tensors import use_own_stream
+
+    try:
+        use_own_stream(device)
+    except Exception:  # noqa: BLE001 - a failing initializer would break the guard's thread for good
+        log.warning("the identity guard's thread shares the default CUDA stream", exc_info=True)
+
+
 class Anonymizer:
     """Anonymizes a sequence of frames from one camera; keeps tracking state between calls.
 
@@ -101,7 +112,10 @@ class Anonymizer:
         self._checking: dict[int, tuple[Future, IdentityChoice]] = {}
         self._guard_thread: ThreadPoolExecutor | None = None
         if self._generate and self.guard is not None and self.config.generate.guard_background:
-            self._guard_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamanon-guard")
+            self._guard_thread = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="streamanon-guard",
+                initializer=_start_guard_thread, initargs=(self.generator.device,),
+            )  # fmt: skip
 
     @property
     def backend_name(self) -> str:
