@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .composite import paste_region
+from .gpu import upload
 
 Placement = tuple[tuple[int, int, int, int], np.ndarray]
 
@@ -48,7 +49,7 @@ def paste_placed(frame: torch.Tensor, crop: torch.Tensor, roi: tuple[int, int, i
                  crop_alpha: np.ndarray) -> None:  # fmt: skip
     """:func:`paste_aligned` where :func:`~streamanon.composite.paste_region` has already given
     the region ``roi`` of ``frame`` and the affine ``local`` from its pixels to the crop's."""
-    alpha = torch.from_numpy(np.ascontiguousarray(crop_alpha, dtype=np.float32)).to(frame.device, non_blocking=True)
+    alpha = upload(np.asarray(crop_alpha, dtype=np.float32), frame.device)
     paste_placed_batch(frame, crop[None], alpha[None], [(roi, local)])
 
 
@@ -131,7 +132,7 @@ def _sampling_grids(locals_: Sequence[np.ndarray], width: int, height: int, padd
     scale = 2.0 / (padded_size - 1)
     coefficients = np.asarray(locals_, np.float64).reshape(-1, 6) * scale
     coefficients[:, [2, 5]] = coefficients[:, [2, 5]] + scale - 1.0
-    a, b, c, d, e, f = torch.from_numpy(coefficients.astype(np.float32)).to(device).T[..., None, None]
+    a, b, c, d, e, f = upload(coefficients.astype(np.float32), device).T[..., None, None]
     xs = torch.arange(width, dtype=torch.float32, device=device)
     ys = torch.arange(height, dtype=torch.float32, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")

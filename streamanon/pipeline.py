@@ -50,7 +50,7 @@ def samples_on_device(frame_tensor) -> bool:
 def _start_guard_thread(device) -> None:
     """The guard's thread queues its GPU work on a CUDA stream of its own, so frames do not wait
     behind it; if that fails it stays on the default stream (slower frames, same results)."""
-    from .photometric.tensors import use_own_stream
+    from .gpu import use_own_stream
 
     try:
         use_own_stream(device)
@@ -180,11 +180,11 @@ class Anonymizer:
 
         frame_tensor = None
         if self._frame_device is not None and (self._local_passes_left == 0 or self._pastes_on_device):
-            import torch
+            from .gpu import upload
 
             with timer.stage("upload"):
                 # A copy even on the CPU: the device paste writes into it.
-                frame_tensor = torch.from_numpy(image).to(self._frame_device, copy=True)
+                frame_tensor = upload(image, self._frame_device, writable=True)
         with timer.stage("detect"):
             detections = self._detect(image, t, frame_tensor)
         with timer.stage("track"):

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from streamanon import composite, composite_torch  # noqa: E402
-from streamanon.photometric.tensors import from_backend, to_backend, use_own_stream  # noqa: E402
+from streamanon.photometric.tensors import from_backend, to_backend  # noqa: E402
 
 S = 128
 
@@ -166,10 +166,6 @@ def test_batched_paste_equals_pasting_one_by_one():
         composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), placements[:2])
 
 
-def test_own_stream_is_only_for_cuda():
-    assert use_own_stream("cpu") is None
-
-
 # ------------------------------------------------------------------ CUDA (skipped on CPU machines)
 
 
@@ -203,25 +199,3 @@ def test_cuda_feather_equals_the_reference(width):
     for mask, alpha in zip(masks, got):
         assert np.array_equal(alpha, composite.feather(mask, width, outside_border=True))
 
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_a_thread_on_its_own_stream_leaves_the_others_on_the_default_one():
-    """The identity guard's thread: torch and CuPy both queue on its new stream, DLPack hand-overs
-    stay correct there, and the pipeline's thread keeps the default stream."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    cupy = pytest.importorskip("cupy")
-
-    def on_guard_thread():
-        stream = use_own_stream("cuda")
-        tensor = torch.arange(24, dtype=torch.uint8, device="cuda").reshape(2, 2, 2, 3)
-        doubled = from_backend(to_backend(tensor) * 2, "cuda")
-        return (stream.cuda_stream, torch.cuda.current_stream().cuda_stream, cupy.cuda.get_current_stream().ptr,
-                doubled.cpu())  # fmt: skip
-
-    with ThreadPoolExecutor(1) as pool:
-        made, torch_current, cupy_current, doubled = pool.submit(on_guard_thread).result()
-    assert made == torch_current == cupy_current != torch.cuda.default_stream().cuda_stream
-    assert torch.cuda.current_stream() == torch.cuda.default_stream()
-    assert torch.equal(doubled, torch.arange(24, dtype=torch.uint8).reshape(2, 2, 2, 3) * 2)

@@ -184,12 +184,11 @@ def align_faces(image: np.ndarray, landmarks: list[np.ndarray], size: int, track
         return [align_face(image, lm, size, tid) for lm, tid in zip(landmarks, track_ids)]
     if size < 8:
         raise UserError(f"crop size must be at least 8 pixels, got {size}")
-    import torch
-
+    from ..gpu import upload
     from .box_sampling import warp_on_device
 
     matrices = [align_matrix(lm, size) for lm in landmarks]
-    to_frame = torch.from_numpy(np.stack([cv2.invertAffineTransform(m) for m in matrices]))
+    to_frame = upload(np.stack([cv2.invertAffineTransform(m) for m in matrices]), frame.device)
     crops = warp_on_device(frame, to_frame, size).cpu().numpy()
     return [_aligned(tid, crop, m, lm) for tid, crop, m, lm in zip(track_ids, crops, matrices, landmarks)]
 

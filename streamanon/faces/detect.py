@@ -464,8 +464,10 @@ class CenterFaceDetector:
     def _run_torch(self, blob) -> list[np.ndarray]:
         import torch
 
+        from ..gpu import upload
+
         if isinstance(blob, np.ndarray):
-            blob = torch.from_numpy(blob)
+            blob = upload(blob, self.tensor_device)
         with torch.inference_mode():
             outputs = self.net(blob.to(self.tensor_device, non_blocking=True))
         return [o.float().cpu().numpy() for o in outputs]

@@ -309,10 +309,11 @@ class LandmarkPredictor:
         """Crop-pixel points (N, 68, 2) with the crops sampled on ``frame``'s device (replayed as
         CUDA graphs there); None (after handing over to dlib) when the torch backend fails."""
         import cv2
-        import torch
 
-        to_frame = torch.from_numpy(np.stack([cv2.invertAffineTransform(m) for m in to_crops]))
-        rects = torch.from_numpy(rects)
+        from ..gpu import upload
+
+        to_frame = upload(np.stack([cv2.invertAffineTransform(m) for m in to_crops]), frame.device)
+        rects = upload(rects, frame.device)
         try:
             return _whole_pixels(self._frame_points(frame, to_frame, rects))
         except RuntimeError:
@@ -339,16 +340,15 @@ class LandmarkPredictor:
         self.backend = "dlib"  # after the load: another thread may be in this predictor
 
     def _run_torch(self, images: list[np.ndarray], rects: np.ndarray) -> np.ndarray:
-        import torch
-
+        from ..gpu import upload
         from .shape_predictor_torch import dlib_grey
 
         if all(img is images[0] for img in images):  # one frame, several boxes: read it once
-            frame = dlib_grey(torch.from_numpy(images[0]).to(self.device))
+            frame = dlib_grey(upload(images[0], self.device))
             batch = frame[None].expand(len(images), *frame.shape)
         else:
-            batch = torch.from_numpy(np.stack(images)).to(self.device)
-        return _whole_pixels(self._torch_predictor(batch, torch.from_numpy(rects)))
+            batch = upload(np.stack(images), self.device)
+        return _whole_pixels(self._torch_predictor(batch, upload(rects, self.device)))
 
 
 def _checked_boxes(boxes: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..gpu import upload
 from ..models import resolve_model
 from .dlib_serial import DlibFormatError, DlibReader
 from .embed import CHIP_SIZE, face_chips
@@ -483,7 +484,7 @@ class TorchFaceEmbedder:
         with torch.inference_mode(), ieee_float32(self.device):
             for start in range(0, len(chips), self.batch_size):
                 # Move uint8 to the device first (4x less to copy), then convert there.
-                batch = torch.from_numpy(np.ascontiguousarray(chips[start : start + self.batch_size])).to(self.device)
+                batch = upload(chips[start : start + self.batch_size], self.device)
                 # NHWC memory viewed as NCHW: a channels_last tensor without a copy
                 pixels = batch.permute(0, 3, 1, 2).float()
                 out[start : start + len(batch)] = self.net(pixels).cpu().numpy()

@@ -93,11 +93,13 @@ class FaceCompositor:
             for face, fake in zip(aligned, shown):
                 paste_aligned(out, fake, face.matrix, self.alpha(face))
 
-    def postprocessed(self, fakes, aligned: Sequence[AlignedFace], ways: Sequence[str]):
+    def postprocessed(self, fakes, aligned: Sequence[AlignedFace], ways: Sequence[str], originals=None, masks=None):
         """Each face through its post-processing (``ways[i]``); ``fakes`` (B, S, S, 3) uint8 is a
-        NumPy or a CuPy array, and the result is of the same kind."""
-        originals = np.stack([face.image for face in aligned])
-        masks = np.stack([face.mask for face in aligned])
+        NumPy or a CuPy array, and the result is of the same kind. ``originals`` (B, S, S, 3) and
+        ``masks`` (B, S, S): the faces' crops and masks where the caller has them already (on the
+        device), else stacked from ``aligned``."""
+        originals = np.stack([face.image for face in aligned]) if originals is None else originals
+        masks = np.stack([face.mask for face in aligned]) if masks is None else masks
         names = list(dict.fromkeys(ways))
         if len(names) == 1:
             return self.postprocess[names[0]](fakes, originals, masks)
@@ -112,18 +114,22 @@ class FaceCompositor:
         import torch
 
         from .. import composite_torch
+        from ..gpu import upload
         from ..photometric.tensors import from_backend, to_backend
 
         with torch.inference_mode():
             with timer.stage("generate"):
                 fakes = self.generator.generate_faces(aligned, latents=latents)
             with timer.stage("photometric"):
-                shown = from_backend(self.postprocessed(to_backend(fakes), aligned, ways), fakes.device)
+                # The originals and masks go up once, for the photometric steps and the alphas.
+                originals = upload(np.stack([face.image for face in aligned]), fakes.device)
+                masks = upload(np.stack([face.mask for face in aligned]), fakes.device)
+                shown = self.postprocessed(to_backend(fakes), aligned, ways, to_backend(originals), to_backend(masks))
+                shown = from_backend(shown, fakes.device)
             with timer.stage("composite"):
                 # Alphas on the device, all faces at once; the host only places them (from the
                 # masks' support boxes, the same pixels as the host path's alphas decide).
                 width = self.feather_px(aligned[0])
-                masks = torch.from_numpy(np.stack([face.mask for face in aligned])).to(fakes.device)
                 alphas = composite_torch.feather(masks, width)
                 supports = [feather_support(face.mask, width) for face in aligned]
                 placements = [None if support is None else place_support(image.shape, face.matrix, support)
@@ -139,10 +145,10 @@ class FaceCompositor:
                 if frame is not None and frame.device == fakes.device:
                     region = frame[y0:y1, x0:x1]
                 else:
-                    region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).to(fakes.device)
+                    region = upload(image[y0:y1, x0:x1], fakes.device, writable=True)
                 # Regions shifted into the pasted region; local (ROI pixel -> crop) holds wherever the ROI is.
                 in_region = [((rx1 - x0, ry1 - y0, rx2 - x0, ry2 - y0), local)
                              for (rx1, ry1, rx2, ry2), local in (placements[i] for i in placed)]  # fmt: skip
-                rows = torch.as_tensor(placed, device=fakes.device) if len(placed) < len(aligned) else slice(None)
+                rows = upload(np.array(placed), fakes.device) if len(placed) < len(aligned) else slice(None)
                 composite_torch.paste_placed_batch(region, shown[rows], alphas[rows], in_region)
                 out[y0:y1, x0:x1] = region.cpu().numpy()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelUnavailable, UserError
+from ..gpu import upload
 from ..models import cache_dir, resolve_model
 from ..types import AlignedFace
 from .condition import track_latent
@@ -179,7 +180,7 @@ class GeneratorRuntime:
                 if len(self._latents) > 4096:  # long streams: forget the oldest tracks
                     self._latents.popitem(last=False)
             codes.append(code)
-        return torch.from_numpy(np.stack(codes)).to(self.device)
+        return upload(np.stack(codes), self.device)
 
     @torch.inference_mode()
     def generate(
@@ -259,11 +260,11 @@ class GeneratorRuntime:
                     f"{size}x{size}; set generate.crop_size = {size}"
                 )
         # uint8 crosses to the GPU (4x less than float); scaling happens there.
-        images = torch.from_numpy(np.stack([face.image for face in aligned])).to(self.device)
+        images = upload(np.stack([face.image for face in aligned]), self.device)
         crop = images.permute(0, 3, 1, 2).to(torch.float32).div_(127.5).sub_(1.0)
-        mask = torch.from_numpy(np.stack([face.mask for face in aligned]).astype(np.float32, copy=False))
-        landmarks = torch.from_numpy(np.stack([face.landmarks for face in aligned]).astype(np.float32, copy=False))
-        codes = self.latents(track_ids) if latents is None else torch.from_numpy(np.asarray(latents, np.float32))
+        mask = upload(np.stack([face.mask for face in aligned]).astype(np.float32, copy=False), self.device)
+        landmarks = upload(np.stack([face.landmarks for face in aligned]).astype(np.float32, copy=False), self.device)
+        codes = self.latents(track_ids) if latents is None else upload(np.asarray(latents, np.float32), self.device)
         out = self.generate(crop, mask[:, None], landmarks, codes)
         out = out.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
         return out.permute(0, 2, 3, 1).contiguous()

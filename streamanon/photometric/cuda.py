@@ -458,12 +458,22 @@ def _space_window(diameter: int, sigma_space: float) -> tuple[np.ndarray, np.nda
     return np.array(dy, np.int32), np.array(dx, np.int32), np.array(weights, np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _space_window_on_device(diameter: int, sigma_space: float, device_id: int) -> tuple[cp.ndarray, ...]:
+    """:func:`_space_window` on device ``device_id``, uploaded once: three uploads from pageable
+    memory a call could each make the host wait for the stream's queued work."""
+    with cp.cuda.Device(device_id):
+        arrays = tuple(cp.asarray(part) for part in _space_window(diameter, sigma_space))
+        cp.cuda.get_current_stream().synchronize()  # complete before another thread's stream reads them
+    return arrays
+
+
 def _bilateral(gray: cp.ndarray, diameter: int, sigma_color: float, sigma_space: float) -> cp.ndarray:
     """cv2.bilateralFilter of each face of a contiguous float32 ``(B, H, W)`` stack."""
     if sigma_color <= _SIGMA_MIN or sigma_space <= _SIGMA_MIN:
         return gray.copy()  # what OpenCV does
     b, h, w = gray.shape
-    dy, dx, weights = _space_window(int(diameter), float(sigma_space))
+    dy, dx, weights = _space_window_on_device(int(diameter), float(sigma_space), gray.device.id)
     flat = gray.reshape(b, h * w)
     vmin = cp.ascontiguousarray(flat.min(axis=1))
     vmax = cp.ascontiguousarray(flat.max(axis=1))
@@ -479,9 +489,9 @@ def _bilateral(gray: cp.ndarray, diameter: int, sigma_color: float, sigma_space:
         vmin,
         vmax,
         lut,
-        cp.asarray(dy),
-        cp.asarray(dx),
-        cp.asarray(weights),
+        dy,
+        dx,
+        weights,
         np.int32(len(dy)),
         np.int32(b),
         np.int32(h),
