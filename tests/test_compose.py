@@ -95,6 +95,22 @@ def test_a_frame_already_on_the_device_is_pasted_into_and_gives_the_same_pixels(
     assert not torch.equal(tensor, torch.from_numpy(before))  # the device copy is
 
 
+def test_the_input_frame_is_never_written_even_when_the_faces_span_its_width():
+    """The region under all faces goes to the device as a copy: spanning whole rows it is one
+    contiguous block of the input, which a tensor sharing its memory would have pasted into."""
+    generator = load_generator(None, device="cpu", backend="eager")
+    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    frame, faces = _scene()
+    for face, cx in zip(faces[:2], (0.0, 320.0)):  # one face cut by the left edge, one by the right
+        face.matrix[:, 2] = np.array([64.0, 64.0]) - face.matrix[:, :2] @ [cx, 120.0]
+    before = frame.copy()
+    latents = generator.latents([face.track_id for face in faces[:2]]).cpu().numpy()
+    out = frame.copy()
+    compositor(frame, out, faces[:2], latents, ["full"] * 2)
+    assert np.array_equal(frame, before)
+    assert (out[:, :10] != before[:, :10]).any() and (out[:, -10:] != before[:, -10:]).any()
+
+
 def test_where_faces_are_composited():
     assert composites_on_device("auto", torch.device("cuda")) and not composites_on_device("auto", torch.device("cpu"))
     assert composites_on_device("device", torch.device("cpu")) and not composites_on_device("host", torch.device("cuda"))
