@@ -2,8 +2,9 @@
 paste aligned crops back into a frame that lives on the accelerator (CUDA on a GPU machine; CPU
 tensors in the tests), and compute their alphas there, all faces of a frame at once.
 
-Same arguments and the same pixels touched as the OpenCV version (both use
-:func:`streamanon.composite.paste_region`), so the pipeline can keep a frame on the GPU from
+Same arguments and the same pixels touched as the OpenCV version (both are placed by
+:func:`streamanon.composite.paste_region`, or :func:`~streamanon.composite.place_support` from a
+mask), so the pipeline can keep a frame on the GPU from
 upload to download: the generated crops never cross to the host. Differences to the reference
 are rounding only: OpenCV's ``warpAffine`` samples at 1/32-pixel steps with fixed-point weights
 and rounds the warped crop before blending; here sampling and blending stay in float32 and the
@@ -56,8 +57,8 @@ def paste_placed(frame: torch.Tensor, crop: torch.Tensor, roi: tuple[int, int, i
 def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.Tensor,
                        placements: Sequence[Placement]) -> None:  # fmt: skip
     """:func:`paste_placed` for several crops, in order (a later face covers an earlier one where
-    they overlap): one padded source and one ``grid_sample`` for all, then one blend per face.
-    The same pixels as pasting them one by one.
+    they overlap): one padded source and one ``grid_sample`` for all (unless their regions differ
+    too much in size), then one blend per face. The same pixels as pasting them one by one.
 
     Args:
         frame: ``(H, W, 3)`` uint8 tensor, modified in place.
@@ -70,11 +71,17 @@ def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.T
         raise ValueError(f"{len(crops)} crops, {len(alphas)} alphas and {len(placements)} placements differ in number")
     if not len(placements):
         return
+    sizes = [(x2 - x1, y2 - y1) for (x1, y1, x2, y2), _ in placements]
+    width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
+    if len(sizes) > 1 and len(sizes) * width * height > 2 * sum(w * h for w, h in sizes):
+        # Faces of very different sizes: a batch padded to the largest would mostly sample nothing
+        # (and could take gigabytes at 4K), so each is sampled on its own, still in order.
+        for face in range(len(sizes)):
+            paste_placed_batch(frame, crops[face : face + 1], alphas[face : face + 1], placements[face : face + 1])
+        return
     device = frame.device
     colour = F.pad(crops.to(device).permute(0, 3, 1, 2).float(), (1, 1, 1, 1), mode="replicate")
     source = torch.cat([colour, F.pad(alphas.to(device)[:, None].float(), (1, 1, 1, 1))], dim=1)  # (B, 4, S+2, S+2)
-    sizes = [(x2 - x1, y2 - y1) for (x1, y1, x2, y2), _ in placements]
-    width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
     grid = _sampling_grids([local for _, local in placements], width, height, source.shape[-1], device)
     sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
     for face, ((x1, y1, x2, y2), _) in enumerate(placements):

@@ -162,6 +162,16 @@ def test_batched_paste_equals_pasting_one_by_one():
     composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), placements)
     assert torch.equal(batched, one_by_one)
     assert not torch.equal(batched, torch.from_numpy(frame))
+    # A face far larger than the others: sampled on its own, the same pixels again.
+    big = np.array([[0.25, 0.0, 0.0], [0.0, 0.25, 0.0]])  # the crop spread over 512 x 512 frame pixels
+    sized = [composite.paste_region(frame.shape, m, crops[0].shape, a) for m, a in zip([big, *matrices[1:]], alphas)]
+    sides = np.array([(x2 - x1, y2 - y1) for (x1, y1, x2, y2), _ in sized])
+    assert 3 * sides[:, 0].max() * sides[:, 1].max() > 2 * sides.prod(axis=1).sum()  # too unequal for one batch
+    one_by_one, batched = torch.from_numpy(frame.copy()), torch.from_numpy(frame.copy())
+    for crop, alpha, placement in zip(crops, alphas, sized):
+        composite_torch.paste_placed(one_by_one, torch.from_numpy(crop), *placement, alpha)
+    composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), sized)
+    assert torch.equal(batched, one_by_one)
     with pytest.raises(ValueError, match="differ in number"):
         composite_torch.paste_placed_batch(batched, torch.from_numpy(crops), torch.from_numpy(alphas), placements[:2])
 
