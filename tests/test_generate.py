@@ -26,7 +26,12 @@ from streamanon.generate.model import (  # noqa: E402
     LandmarkRegressor,
     count_parameters,
 )
-from streamanon.generate.runtime import load_generator  # noqa: E402
+from streamanon.generate.runtime import (  # noqa: E402
+    COMPILED_MAX_BATCH,
+    EAGER_MAX_BATCH,
+    GeneratorRuntime,
+    load_generator,
+)
 from streamanon.train.checkpoint import save_checkpoint  # noqa: E402
 from streamanon.types import AlignedFace  # noqa: E402
 
@@ -278,6 +283,31 @@ def test_generator_runs_one_call_at_a_time(weights):
     assert held == [True] and not runtime._lock.locked()
 
 
+def test_compiled_backends_see_only_the_batch_sizes_compiled_at_load(weights, monkeypatch):
+    """A stream must never stop to compile for a face count it has not met: every padded size is
+    compiled when the generator loads, and larger batches run in chunks of the largest."""
+    warmed = []
+    monkeypatch.setattr(GeneratorRuntime, "warmup", lambda self, sizes=None: warmed.append(list(sizes or [1])))
+    compiled = load_generator(weights, backend="compile")
+    assert compiled.max_batch == COMPILED_MAX_BATCH == 8 and warmed == [[1, 2, 4, 8]]
+    assert load_generator(weights, backend="eager").max_batch == EAGER_MAX_BATCH  # the guard's 32 in one call
+    assert load_generator(weights, backend="compile", max_batch=4).buckets == [1, 2, 4]
+    # The compiled network is watched, running the same module eagerly: which sizes reach it.
+    network, seen = compiled.module, []
+
+    def watched(crop, *rest):
+        seen.append(crop.shape[0])
+        return network(crop, *rest)
+
+    compiled._run = watched
+    faces = _aligned(TINY, list(range(1, 12)))
+    assert np.array_equal(compiled(faces), load_generator(weights, backend="eager")(faces))
+    assert seen == [8, 4]  # 11 faces: a chunk of 8, then 3 padded to 4
+    from streamanon.generate.export_cli import DEFAULT_MAX_BATCH
+
+    assert DEFAULT_MAX_BATCH == COMPILED_MAX_BATCH  # `streamanon export` builds the engines the pipeline uses
+
+
 def test_eager_twin_shares_the_weights_and_gives_the_same_faces(weights):
     """The identity guard's thread runs a compiled runtime's module eagerly, with its own lock."""
     eager = load_generator(weights, backend="eager")
@@ -320,7 +350,8 @@ def test_shipped_generator_compiles_and_matches_eager(device):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     faces_per_batch = 1 if device == "cpu" else 3  # one CPU compile (~40 s); CUDA: padded to the batch-4 graph
     eager = load_generator(None, device=device, backend="eager")
-    compiled = load_generator(None, device=device, backend="compile", max_batch=max(1, faces_per_batch + 1))
+    # Every batch size up to max_batch is compiled at load: on the CPU only size 1.
+    compiled = load_generator(None, device=device, backend="compile", max_batch=1 if device == "cpu" else 4)
     assert compiled.backend_name == "compile"
     faces = _aligned(eager.config, list(range(1, faces_per_batch + 1)))
     a, b = eager(faces), compiled(faces)

@@ -17,6 +17,9 @@ import click
 
 from ..errors import UserError
 
+# runtime.COMPILED_MAX_BATCH, the pipeline's largest compiled batch (a literal: this module must not import torch).
+DEFAULT_MAX_BATCH = 8
+
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
 
 
@@ -82,7 +85,8 @@ def _writable_dir(path: Path) -> Path:
 @click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(DTYPE_CHOICES), help="auto = fp16 on CUDA."
 )
-@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096), help="Largest batch size.")
+@click.option("--max-batch", default=DEFAULT_MAX_BATCH, show_default=True, type=click.IntRange(1, 4096),
+              help="Largest batch size (the pipeline runs larger batches in chunks of it).")
 @click.option(
     "--engine-dir",
     type=click.Path(file_okay=False, path_type=Path),

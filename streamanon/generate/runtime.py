@@ -9,8 +9,11 @@ Backends (``backend_name``):
 * ``auto``: TensorRT when torch-tensorrt imports and a GPU is present, else ``compile`` on CUDA,
   else ``eager``; any failure to build a faster backend falls back to the next one.
 
-Compiled backends see a fixed set of batch sizes (powers of two up to ``max_batch``): a batch
-is zero-padded up to the next one, so a stream with a varying face count never recompiles.
+Compiled backends see a fixed set of batch sizes (powers of two up to ``max_batch``, 8 by
+default): a batch is padded up to the next one, and a larger one runs in chunks. All of them are
+compiled (or their engines built or loaded) when the generator is loaded, so a stream never stops
+mid-way to compile for a face count it has not met before (tens of seconds with torch.compile,
+minutes for a TensorRT engine).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "eager", "compile", "tensorrt")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ENGINE_FORMAT = 1  # bump when the engine build recipe changes: old files are then ignored
+# Largest batch run at once by default. Eager: the guard's 32 candidates in one call. Compiled
+# backends: four sizes (1, 2, 4, 8) to compile at load, enough for most frames; more faces (and
+# the guard's candidates) run in chunks of 8.
+EAGER_MAX_BATCH = 32
+COMPILED_MAX_BATCH = 8
 
 _MISSING_WEIGHTS = (
     "generator weights ({name}) not found: the package ships them in streamanon/weights, so this "
@@ -114,7 +122,7 @@ class GeneratorRuntime:
         backend: str,
         model_hash: str,
         seed: int = 0,
-        max_batch: int = 32,
+        max_batch: int = EAGER_MAX_BATCH,
         engine_dir: Path | None = None,
         cuda_graphs: bool = True,
         fallback: bool = False,
@@ -368,7 +376,7 @@ def load_generator(
     *,
     seed: int = 0,
     dtype: str | None = None,
-    max_batch: int = 32,
+    max_batch: int | None = None,
     engine_dir: str | os.PathLike | None = None,
     cuda_graphs: bool = True,
     warmup: bool = True,
@@ -381,16 +389,18 @@ def load_generator(
         backend: ``auto``, ``eager``, ``compile`` or ``tensorrt``.
         seed: base of the per-track latent codes.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
-        max_batch: largest batch run at once (and largest compiled batch size).
+        max_batch: largest batch run at once (and largest compiled batch size); default
+            ``EAGER_MAX_BATCH`` for eager, ``COMPILED_MAX_BATCH`` for the compiled backends.
         engine_dir: TensorRT engine cache (default :func:`default_engine_dir`).
         cuda_graphs: let ``compile`` capture CUDA graphs.
-        warmup: compile/build batch size 1 now, so that failures surface at load time.
+        warmup: compile/build every padded batch size now, so that failures surface at load time
+            and no frame waits for a compile later (``auto`` always does).
     """
     from ..train.checkpoint import generator_from_checkpoint, load_checkpoint, state_dict_hash
 
     if backend not in BACKENDS:
         raise UserError(f"unknown generator backend '{backend}' (choose from {', '.join(BACKENDS)})")
-    if max_batch < 1:
+    if max_batch is not None and max_batch < 1:
         raise UserError(f"max_batch must be >= 1, got {max_batch}")
     dev = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
@@ -398,19 +408,20 @@ def load_generator(
     payload = load_checkpoint(weights)
     generator = generator_from_checkpoint(payload)
     model_hash = state_dict_hash(payload["generator_ema"])
-    options = dict(
-        seed=seed,
-        max_batch=max_batch,
-        engine_dir=Path(engine_dir) if engine_dir else None,
-        cuda_graphs=cuda_graphs,
-    )
+    options = dict(seed=seed, engine_dir=Path(engine_dir) if engine_dir else None, cuda_graphs=cuda_graphs)
+
+    def batch_limit(name: str) -> int:
+        if max_batch is not None:
+            return max_batch
+        return EAGER_MAX_BATCH if name == "eager" else COMPILED_MAX_BATCH
 
     if backend != "auto":
         if backend == "tensorrt" and (dev.type != "cuda" or not tensorrt_available()):
             raise UserError("backend 'tensorrt' needs a CUDA device and torch-tensorrt ('pip install streamanon[tensorrt]')")
-        runtime = GeneratorRuntime(generator, dev, torch_dtype, backend, model_hash, **options)
+        runtime = GeneratorRuntime(generator, dev, torch_dtype, backend, model_hash, max_batch=batch_limit(backend),
+                                   **options)  # fmt: skip
         if warmup and backend != "eager":
-            runtime.warmup()
+            runtime.warmup(runtime.buckets)
         return runtime
 
     candidates = ["eager"]
@@ -418,10 +429,11 @@ def load_generator(
         candidates = (["tensorrt"] if tensorrt_available() else []) + ["compile", "eager"]
     for name in candidates:
         try:
-            runtime = GeneratorRuntime(generator, dev, torch_dtype, name, model_hash, **options)
+            runtime = GeneratorRuntime(generator, dev, torch_dtype, name, model_hash, max_batch=batch_limit(name),
+                                       **options)  # fmt: skip
             if name != "eager":
-                runtime.warmup()
-            # Built and ran once: from now on a failure (a new batch size, say) degrades to eager.
+                runtime.warmup(runtime.buckets)
+            # Built and ran for every batch size: from now on a failure degrades to eager.
             runtime._fallback = True
             return runtime
         except Exception:  # noqa: BLE001 - auto mode: try the next, slower backend
@@ -435,7 +447,7 @@ def build_engines(
     device: str = "cuda",
     batch_sizes: Sequence[int] | None = None,
     dtype: str | None = None,
-    max_batch: int = 32,
+    max_batch: int = COMPILED_MAX_BATCH,
     engine_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Build (or find cached) TensorRT engines for every padded batch size; returns their files.
