@@ -181,9 +181,15 @@ def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.
         crop_alpha: ``(S, S)`` float32 in [0, 1].
     """
     placement = paste_region(frame.shape, matrix_frame_to_crop, crop.shape[:2], crop_alpha)
-    if placement is None:
-        return
-    roi, local = placement
+    if placement is not None:
+        paste_placed(frame, crop, *placement, crop_alpha)
+
+
+def paste_placed(frame: np.ndarray, crop: np.ndarray, roi: tuple[int, int, int, int], local: np.ndarray,
+                 crop_alpha: np.ndarray) -> None:  # fmt: skip
+    """:func:`paste_aligned` where :func:`paste_region` (or :func:`place_support`) has already given
+    the region ``roi`` of ``frame`` and the affine ``local`` from its pixels to the crop's: a
+    caller pasting several crops at one place (the identity guard's candidates) places them once."""
     x1, y1, x2, y2 = roi
     size = (x2 - x1, y2 - y1)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP

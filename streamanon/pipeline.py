@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .composite import paste_aligned
+from .composite import paste_placed
 from .config import AnonymizerConfig
 from .errors import UserError
 from .faces.detect import CenterFaceDetector
@@ -307,10 +307,12 @@ class Anonymizer:
         matrix = np.asarray(face.matrix, np.float64).copy()
         matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region -> crop
         alpha = self.compositor.alpha(face)
+        placement = self.compositor.placement(face, region.shape, matrix)  # once for all candidates
 
         def paste(shown: np.ndarray) -> np.ndarray:
             composed = region.copy()
-            paste_aligned(composed, shown, matrix, alpha)
+            if placement is not None:
+                paste_placed(composed, shown, *placement, alpha)
             return composed
 
         return View(region, (points - [x0, y0]).astype(np.float32), paste)

@@ -111,6 +111,25 @@ def test_the_input_frame_is_never_written_even_when_the_faces_span_its_width():
     assert (out[:, :10] != before[:, :10]).any() and (out[:, -10:] != before[:, -10:]).any()
 
 
+def test_placing_from_the_mask_pastes_the_same_pixels_as_placing_from_the_alpha():
+    """Both paths (and the guard's views) place a face from its mask's support box, once, instead of
+    searching its alpha at every paste: the same region, the same pixels."""
+    from streamanon.composite import paste_aligned, paste_placed
+
+    generator = load_generator(None, device="cpu", backend="eager")
+    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "host")
+    frame, faces = _scene(off_frame=True)
+    for face in faces:
+        alpha = compositor.alpha(face)
+        by_alpha, by_mask = frame.copy(), frame.copy()
+        paste_aligned(by_alpha, face.image, face.matrix, alpha)
+        placement = compositor.placement(face, frame.shape)
+        if placement is not None:
+            paste_placed(by_mask, face.image, *placement, alpha)
+        assert np.array_equal(by_mask, by_alpha)
+    assert compositor.placement(faces[1], frame.shape) is None  # the face off the frame
+
+
 def test_where_faces_are_composited():
     assert composites_on_device("auto", torch.device("cuda")) and not composites_on_device("auto", torch.device("cpu"))
     assert composites_on_device("device", torch.device("cpu")) and not composites_on_device("host", torch.device("cuda"))

@@ -5,7 +5,7 @@ Two paths with the same result (up to one grey level of rounding):
 
 - **host**: the generator's faces come back to host memory, the photometric backend takes NumPy
   arrays (the CUDA backend uploads and downloads them itself) and OpenCV pastes them
-  (:func:`streamanon.composite.paste_aligned`);
+  (:func:`streamanon.composite.paste_placed`);
 - **device**: the faces stay on the generator's device: the CuPy photometric backend takes the
   tensors over DLPack, their alphas are feathered there (:func:`streamanon.composite_torch.feather`,
   the host's values exactly) and one batch pastes them into the frame's face region
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..composite import feather, feather_support, paste_aligned, place_support
+from ..composite import feather, feather_support, paste_placed, place_support
 from ..config import Composite
 from ..timing import NULL_TIMER, StageClock
 from ..types import AlignedFace
@@ -70,6 +70,16 @@ class FaceCompositor:
         """Paste-back alpha of a crop (the device path computes the same on the device)."""
         return feather(face.mask, self.feather_px(face), outside_border=True)
 
+    def placement(self, face: AlignedFace, frame_shape: tuple[int, ...], matrix_frame_to_crop=None):
+        """Where ``face``'s crop is pasted in a frame of ``frame_shape``: ``(roi, local)`` as
+        :func:`~streamanon.composite.paste_region` gives it for :meth:`alpha`, found from the mask
+        alone; None when nothing lands. ``matrix_frame_to_crop`` defaults to ``face.matrix``."""
+        support = feather_support(face.mask, self.feather_px(face))
+        if support is None:
+            return None
+        matrix = face.matrix if matrix_frame_to_crop is None else matrix_frame_to_crop
+        return place_support(frame_shape, matrix, support)
+
     def __call__(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
                  ways: Sequence[str], timer: StageClock = NULL_TIMER, frame=None) -> None:  # fmt: skip
         """Paste the generated faces of ``aligned`` into ``out`` (a copy of ``image``), in place.
@@ -91,7 +101,9 @@ class FaceCompositor:
             shown = self.postprocessed(fakes, aligned, ways)
         with timer.stage("composite"):
             for face, fake in zip(aligned, shown):
-                paste_aligned(out, fake, face.matrix, self.alpha(face))
+                placement = self.placement(face, out.shape)
+                if placement is not None:
+                    paste_placed(out, fake, *placement, self.alpha(face))
 
     def postprocessed(self, fakes, aligned: Sequence[AlignedFace], ways: Sequence[str], originals=None, masks=None):
         """Each face through its post-processing (``ways[i]``); ``fakes`` (B, S, S, 3) uint8 is a
@@ -129,11 +141,8 @@ class FaceCompositor:
             with timer.stage("composite"):
                 # Alphas on the device, all faces at once; the host only places them (from the
                 # masks' support boxes, the same pixels as the host path's alphas decide).
-                width = self.feather_px(aligned[0])
-                alphas = composite_torch.feather(masks, width)
-                supports = [feather_support(face.mask, width) for face in aligned]
-                placements = [None if support is None else place_support(image.shape, face.matrix, support)
-                              for face, support in zip(aligned, supports)]  # fmt: skip
+                alphas = composite_torch.feather(masks, self.feather_px(aligned[0]))
+                placements = [self.placement(face, image.shape) for face in aligned]
                 placed = [i for i, placement in enumerate(placements) if placement is not None]
                 if not placed:
                     return
