@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -341,7 +342,7 @@ def test_importing_streamanon_does_not_import_torch():
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])])  # fmt: skip
-def test_shipped_generator_compiles_and_matches_eager(device):
+def test_shipped_generator_compiles_and_matches_eager(device, monkeypatch):
     """torch.compile takes the shipped appearance generator whole (fullgraph): its spline warp
     keeps the guard's de-duplication out of the graph, where the count would be data-dependent."""
     import shutil
@@ -349,6 +350,7 @@ def test_shipped_generator_compiles_and_matches_eager(device):
     if device == "cpu" and not shutil.which("c++"):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     faces_per_batch = 1 if device == "cpu" else 3  # one CPU compile (~40 s); CUDA: padded to the batch-4 graph
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as in a fresh process
     eager = load_generator(None, device=device, backend="eager")
     # Compiled when first used: one size here (loading with warmup compiles all four, 1-8).
     compiled = load_generator(None, device=device, backend="compile", warmup=False)
@@ -356,6 +358,11 @@ def test_shipped_generator_compiles_and_matches_eager(device):
     faces = _aligned(eager.config, list(range(1, faces_per_batch + 1)))
     a, b = eager(faces), compiled(faces)
     assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    # Its kernels are kept in streamanon's cache folder (not /tmp), for the next start.
+    from streamanon.models import cache_dir
+
+    kept = cache_dir() / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(kept) and any(path.is_file() for path in kept.rglob("*"))
 
 
 # ------------------------------------------------------------------ GPU backends (skipped on CPU machines)

@@ -148,6 +148,9 @@ class GeneratorRuntime:
         if backend == "eager":
             self._run = self.module
         elif backend == "compile":
+            # torch.compile keeps its kernels under /tmp by default, which a reboot empties (a robot's or a
+            # car's computer reboots daily): in streamanon's cache folder each later start finds them.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
             mode = "reduce-overhead" if (device.type == "cuda" and cuda_graphs) else "max-autotune-no-cudagraphs"
             if device.type == "cpu":
                 mode = "default"
