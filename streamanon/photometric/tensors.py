@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..gpu import upload
+
 
 def to_backend(tensor: torch.Tensor) -> Any:
     """``tensor`` as the array kind its photometric backend takes: CuPy for CUDA, else NumPy."""
@@ -27,6 +29,6 @@ def to_backend(tensor: torch.Tensor) -> Any:
 def from_backend(array: Any, device: torch.device | str) -> torch.Tensor:
     """A NumPy or CuPy array as a tensor on ``device`` (no copy where it already lives there)."""
     if isinstance(array, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return upload(array, device)
     return torch.from_dlpack(array).to(device)
 
