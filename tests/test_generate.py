@@ -244,6 +244,15 @@ def test_runtime_can_keep_its_faces_on_its_device(weights):
     assert isinstance(kept, torch.Tensor) and kept.dtype == torch.uint8 and kept.device == runtime.device
     assert np.array_equal(kept.numpy(), runtime(faces))
     assert tuple(runtime.generate_faces([]).shape) == (0, TINY.resolution, TINY.resolution, 3)
+    # Crops and masks the caller has uploaded already (the device compositor): the same faces, and
+    # the caller's tensors are left as they were (the photometric steps read them next).
+    images = torch.from_numpy(np.stack([face.image for face in faces]))
+    masks = torch.from_numpy(np.stack([face.mask for face in faces]))
+    before = images.clone(), masks.clone()
+    assert torch.equal(runtime.generate_faces(faces, uploaded=(images, masks)), kept)
+    assert torch.equal(images, before[0]) and torch.equal(masks, before[1])
+    with pytest.raises(ValueError, match="do not match"):
+        runtime.generate_faces(faces, uploaded=(images[:1], masks[:1]))
 
 
 def test_runtime_output_ignores_the_original_face(weights):

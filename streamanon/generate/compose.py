@@ -131,11 +131,11 @@ class FaceCompositor:
 
         with torch.inference_mode():
             with timer.stage("generate"):
-                fakes = self.generator.generate_faces(aligned, latents=latents)
+                # The crops and masks go up once, for the generator, the photometric steps and the alphas.
+                originals = upload(np.stack([face.image for face in aligned]), self.generator.device)
+                masks = upload(np.stack([face.mask for face in aligned]), self.generator.device)
+                fakes = self.generator.generate_faces(aligned, latents=latents, uploaded=(originals, masks))
             with timer.stage("photometric"):
-                # The originals and masks go up once, for the photometric steps and the alphas.
-                originals = upload(np.stack([face.image for face in aligned]), fakes.device)
-                masks = upload(np.stack([face.mask for face in aligned]), fakes.device)
                 shown = self.postprocessed(to_backend(fakes), aligned, ways, to_backend(originals), to_backend(masks))
                 shown = from_backend(shown, fakes.device)
             with timer.stage("composite"):

@@ -252,9 +252,16 @@ class GeneratorRuntime:
         aligned: Sequence[AlignedFace],
         track_ids: Sequence[int] | None = None,
         latents: np.ndarray | None = None,
+        *,
+        uploaded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """As :meth:`__call__`, but the faces stay where they were made: a (B, S, S, 3) uint8
-        tensor on the runtime's device (the pipeline composites them there on a GPU)."""
+        tensor on the runtime's device (the pipeline composites them there on a GPU).
+
+        ``uploaded``: the faces' crops (B, S, S, 3) uint8 and masks (B, S, S) float32, already on
+        the runtime's device (the device compositor uploads them once for this and the
+        photometric steps); by default they are stacked from ``aligned`` and uploaded here.
+        """
         size = self.resolution
         if len(aligned) == 0:
             return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=self.device)
@@ -270,10 +277,16 @@ class GeneratorRuntime:
                     f"aligned crop is {face.image.shape[1]}x{face.image.shape[0]} but the generator weights are for "
                     f"{size}x{size}; set generate.crop_size = {size}"
                 )
-        # uint8 crosses to the GPU (4x less than float); scaling happens there.
-        images = upload(np.stack([face.image for face in aligned]), self.device)
+        if uploaded is None:
+            # uint8 crosses to the GPU (4x less than float); scaling happens there.
+            images = upload(np.stack([face.image for face in aligned]), self.device)
+            mask = upload(np.stack([face.mask for face in aligned]).astype(np.float32, copy=False), self.device)
+        else:
+            images, mask = uploaded
+            if tuple(images.shape) != (len(aligned), size, size, 3) or tuple(mask.shape) != (len(aligned), size, size):
+                raise ValueError(f"uploaded crops {tuple(images.shape)} and masks {tuple(mask.shape)} do not match "
+                                 f"{len(aligned)} faces of {size}x{size}")  # fmt: skip
         crop = images.permute(0, 3, 1, 2).to(torch.float32).div_(127.5).sub_(1.0)
-        mask = upload(np.stack([face.mask for face in aligned]).astype(np.float32, copy=False), self.device)
         landmarks = upload(np.stack([face.landmarks for face in aligned]).astype(np.float32, copy=False), self.device)
         codes = self.latents(track_ids) if latents is None else upload(np.asarray(latents, np.float32), self.device)
         out = self.generate(crop, mask[:, None], landmarks, codes)
