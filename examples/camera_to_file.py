@@ -30,7 +30,10 @@ def main() -> int:
     args = parser.parse_args()
 
     try:
-        config = load_config(overrides={"replace.mode": args.mode, "device": args.device})
+        # As `streamanon stream` does live: the identity guard (generate mode) works on its own
+        # thread, so a new face's choice of fake identity never holds the stream up.
+        config = load_config(overrides={"replace.mode": args.mode, "device": args.device,
+                                        "generate.guard_background": True})  # fmt: skip
         runner = StreamRunner(open_source(args.source), [open_sink(args.output)], Anonymizer(config),
                               StreamOptions(duration=args.seconds, report_every=0))  # fmt: skip
     except UserError as exc:  # no such camera, unreachable URL, unwritable output...
