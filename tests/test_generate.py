@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,13 +294,25 @@ def test_generator_runs_one_call_at_a_time(weights):
     assert held == [True] and not runtime._lock.locked()
 
 
-def test_compiled_backends_see_only_the_batch_sizes_compiled_at_load(weights, monkeypatch):
+def test_compiled_backends_see_only_the_batch_sizes_compiled_at_load(weights, monkeypatch, caplog):
     """A stream must never stop to compile for a face count it has not met: every padded size is
     compiled when the generator loads, and larger batches run in chunks of the largest."""
     warmed = []
     monkeypatch.setattr(GeneratorRuntime, "warmup", lambda self, sizes=None: warmed.append(list(sizes or [1])))
+    # As in a fresh process: the compile backend picks streamanon's folder (the setenv makes the
+    # teardown restore what was there before, since loading sets the variable).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     compiled = load_generator(weights, backend="compile")
     assert compiled.max_batch == COMPILED_MAX_BATCH == 8 and warmed == [[1, 2, 4, 8]]
+    # A first start (nothing compiled kept yet) says that it will take a while; a later one does not.
+    assert "a first start takes a minute" in caplog.text and "1, 2, 4, 8 faces" in caplog.text
+    kept = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    kept.mkdir(parents=True, exist_ok=True)
+    (kept / "kernel").write_text("compiled before")
+    caplog.clear()
+    load_generator(weights, backend="compile")
+    assert "first start" not in caplog.text
     assert load_generator(weights, backend="eager").max_batch == EAGER_MAX_BATCH  # the guard's 32 in one call
     assert load_generator(weights, backend="compile", max_batch=4).buckets == [1, 2, 4]
     # The compiled network is watched, running the same module eagerly: which sizes reach it.
@@ -359,7 +372,8 @@ def test_shipped_generator_compiles_and_matches_eager(device, monkeypatch):
     if device == "cpu" and not shutil.which("c++"):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     faces_per_batch = 1 if device == "cpu" else 3  # one CPU compile (~40 s); CUDA: padded to the batch-4 graph
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # as in a fresh process
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # restored after the test, which sets it
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # as in a fresh process
     eager = load_generator(None, device=device, backend="eager")
     # Compiled when first used: one size here (loading with warmup compiles all four, 1-8).
     compiled = load_generator(None, device=device, backend="compile", warmup=False)

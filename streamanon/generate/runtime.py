@@ -373,6 +373,22 @@ class GeneratorRuntime:
         return self._engine(crop.shape[0])(crop, mask, landmarks, latents)
 
 
+def _warm_all(runtime: GeneratorRuntime) -> None:
+    """Compile (or build) every padded batch size now, saying so first when it will take long:
+    otherwise a first start on a GPU sits silent for a minute or more."""
+    sizes = ", ".join(map(str, runtime.buckets))
+    if runtime.backend_name == "compile":
+        kept = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+        if not kept.is_dir() or not any(kept.iterdir()):
+            log.warning("compiling the generator for batches of %s faces on %s: a first start takes a minute or "
+                        "two; the kernels are kept in %s for later starts", sizes, runtime.device, kept)  # fmt: skip
+    elif runtime.backend_name == "tensorrt":
+        if not all(runtime.engine_path(b).is_file() for b in runtime.buckets):
+            log.warning("building TensorRT engines for batches of %s faces: this takes minutes; "
+                        "'streamanon export' builds them ahead of time", sizes)  # fmt: skip
+    runtime.warmup(runtime.buckets)
+
+
 def resolve_weights(path: str | os.PathLike | None) -> Path:
     """Path of the generator weights, or ``ModelUnavailable`` that says how to get them."""
     try:
@@ -437,7 +453,7 @@ def load_generator(
         runtime = GeneratorRuntime(generator, dev, torch_dtype, backend, model_hash, max_batch=batch_limit(backend),
                                    **options)  # fmt: skip
         if warmup and backend != "eager":
-            runtime.warmup(runtime.buckets)
+            _warm_all(runtime)
         return runtime
 
     candidates = ["eager"]
@@ -448,7 +464,7 @@ def load_generator(
             runtime = GeneratorRuntime(generator, dev, torch_dtype, name, model_hash, max_batch=batch_limit(name),
                                        **options)  # fmt: skip
             if name != "eager":
-                runtime.warmup(runtime.buckets)
+                _warm_all(runtime)
             # Built and ran for every batch size: from now on a failure degrades to eager.
             runtime._fallback = True
             return runtime
