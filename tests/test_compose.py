@@ -41,10 +41,15 @@ def _scene(seed: int = 0, off_frame: bool = False) -> tuple[np.ndarray, list[Ali
     return frame, faces
 
 
-def _compose(device: str, composite: str, ways: list[str], off_frame: bool = False) -> np.ndarray:
+def _compositor(device: str, composite: str) -> FaceCompositor:
+    """The shipped generator (eager) with the default photometric steps, pasting on ``composite``."""
     generator = load_generator(None, device=device, backend="eager")
-    post = postprocessings(get_backend(device), PhotometricConfig())
-    compositor = FaceCompositor(generator, post, feather=0.25, composite=composite)
+    return FaceCompositor(generator, postprocessings(get_backend(device), PhotometricConfig()), 0.25, composite)
+
+
+def _compose(device: str, composite: str, ways: list[str], off_frame: bool = False) -> np.ndarray:
+    compositor = _compositor(device, composite)
+    generator = compositor.generator
     frame, faces = _scene(off_frame=off_frame)
     latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
     out = frame.copy()
@@ -68,8 +73,8 @@ def test_a_face_off_the_frame_is_skipped_by_both_paths():
     host = _compose("cpu", "host", ["full"] * 4, off_frame=True)
     device = _compose("cpu", "device", ["full"] * 4, off_frame=True)
     assert np.abs(host.astype(int) - device).max() <= 1
-    generator = load_generator(None, device="cpu", backend="eager")
-    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    compositor = _compositor("cpu", "device")
+    generator = compositor.generator
     frame, faces = _scene(off_frame=True)
     latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
     without = frame.copy()
@@ -80,8 +85,8 @@ def test_a_face_off_the_frame_is_skipped_by_both_paths():
 def test_a_frame_already_on_the_device_is_pasted_into_and_gives_the_same_pixels():
     """The pipeline uploads each frame once (for the PyTorch detector) and hands it over: the paste
     goes into that tensor instead of an uploaded region, with the same result."""
-    generator = load_generator(None, device="cpu", backend="eager")
-    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    compositor = _compositor("cpu", "device")
+    generator = compositor.generator
     frame, faces = _scene()
     before = frame.copy()
     latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
@@ -98,8 +103,8 @@ def test_a_frame_already_on_the_device_is_pasted_into_and_gives_the_same_pixels(
 def test_the_input_frame_is_never_written_even_when_the_faces_span_its_width():
     """The region under all faces goes to the device as a copy: spanning whole rows it is one
     contiguous block of the input, which a tensor sharing its memory would have pasted into."""
-    generator = load_generator(None, device="cpu", backend="eager")
-    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "device")
+    compositor = _compositor("cpu", "device")
+    generator = compositor.generator
     frame, faces = _scene()
     for face, cx in zip(faces[:2], (0.0, 320.0)):  # one face cut by the left edge, one by the right
         face.matrix[:, 2] = np.array([64.0, 64.0]) - face.matrix[:, :2] @ [cx, 120.0]
@@ -116,8 +121,7 @@ def test_placing_from_the_mask_pastes_the_same_pixels_as_placing_from_the_alpha(
     searching its alpha at every paste: the same region, the same pixels."""
     from streamanon.composite import paste_aligned, paste_placed
 
-    generator = load_generator(None, device="cpu", backend="eager")
-    compositor = FaceCompositor(generator, postprocessings(get_backend("cpu"), PhotometricConfig()), 0.25, "host")
+    compositor = _compositor("cpu", "host")
     frame, faces = _scene(off_frame=True)
     for face in faces:
         alpha = compositor.alpha(face)
