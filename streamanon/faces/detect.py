@@ -468,8 +468,10 @@ class CenterFaceDetector:
 
         if isinstance(blob, np.ndarray):
             blob = upload(blob, self.tensor_device)
+        else:
+            blob = blob.to(self.tensor_device, non_blocking=True)
         with torch.inference_mode():
-            outputs = self.net(blob.to(self.tensor_device, non_blocking=True))
+            outputs = self.net(blob)
         return [o.float().cpu().numpy() for o in outputs]
 
     def _finish(self, parts: list["_Candidates"], shape: tuple[int, int]) -> Detections:
