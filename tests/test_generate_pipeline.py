@@ -321,11 +321,24 @@ def test_with_the_torch_detector_each_frame_is_uploaded_once(frames):
         assert stats.generated == 2 and (out != frame).any(axis=-1).sum() > 5000
         assert set(timer.take()) >= {"upload", "detect", "generate", "composite"}
     assert all(np.array_equal(f, b) for f, b in zip(pair, before))
-    # The same faces as the onnxruntime detector gives (its outputs differ from torch's by float rounding).
-    onnxruntime = _run_two_faces(pair, "device", detect="onnxruntime")
-    torch_path = _run_two_faces(pair, "device", detect="torch")
+    # The same faces as the onnxruntime detector finds (they differ by float rounding: ~5e-5 px). The
+    # frames themselves are not compared: dlib's regression trees can turn such a difference into
+    # landmarks a pixel apart (seen with onnxruntime 1.32), and so into a slightly different face.
+    onnxruntime = _detections_in_pipeline(pair, "onnxruntime")
+    torch_path = _detections_in_pipeline(pair, "torch")
     for a, b in zip(onnxruntime, torch_path):
-        assert np.abs(a.astype(int) - b).mean() < 0.05  # measured: 0.0004-0.0008
+        assert len(a) == len(b) == 2
+        assert np.abs(a.boxes - b.boxes).max() < 1e-2 and np.abs(a.keypoints - b.keypoints).max() < 1e-2
+
+
+def _detections_in_pipeline(pair, detect: str) -> list:
+    """What the pipeline's detection stage hands the tracker for each frame of ``pair``."""
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", "detect.backend": detect}))
+    found, run_detect = [], anonymizer._detect
+    anonymizer._detect = lambda *args: found.append(run_detect(*args)) or found[-1]
+    for index, frame in enumerate(pair):
+        assert anonymizer.process_frame(Frame(frame, index))[1].generated == 2
+    return found
 
 
 def test_torch_landmarks_give_the_same_frames_as_dlibs(frames):
