@@ -314,7 +314,7 @@ def test_a_recheck_holds_an_identity_to_the_bar_it_was_accepted_at(guard_parts, 
     runtime, face, ways = guard_parts
     guard = IdentityGuard(runtime, ways, candidates=2, threshold=0.6)
     choice = IdentityChoice(guard_latent(runtime, face, 0), 0, accepted, 2, True, "full")
-    monkeypatch.setattr(guard, "_distances", lambda *args: (np.array([now]), None))
+    monkeypatch.setattr(guard, "recheck_distance", lambda *args: now)
     assert guard.still_unlike(face, choice) is kept
 
 

@@ -120,6 +120,30 @@ def test_both_landmark_sets_count_the_smaller_distance(runtime, face, judge, way
     assert np.array_equal(both >= 0.6, np.minimum(condition, own) >= 0.6)
 
 
+@pytest.mark.parametrize("mode", ["condition", "own", "both"])
+def test_a_recheck_measures_the_shown_face_as_the_choice_did_in_one_embedder_run(runtime, face, judge, ways, mode):
+    guard = IdentityGuard(runtime, ways, BATCH, 0.6, judge.embedder, landmarks=mode, observer=judge.nearest)
+    choice = guard.choose(face, seed=0)
+    assert choice.safe
+    runs = []
+
+    class CountingEmbedder:
+        chips = staticmethod(judge.embedder.chips)
+
+        def embed_chips(self, chips):
+            runs.append(len(chips))
+            return judge.embedder.embed_chips(chips)
+
+    guard.embedder = CountingEmbedder()
+    distance = guard.recheck_distance(face, choice, crop_view(face))
+    assert distance == pytest.approx(choice.distance, abs=1e-4)
+    # The original and the shown face (at one or both landmark sets) in a single batch.
+    assert runs == [2 if mode != "both" else 3]
+    assert guard.still_unlike(face, choice)
+    guard.threshold = distance + 0.01  # the same face, now too close to its original
+    assert not guard.still_unlike(face, choice)
+
+
 def test_guard_landmarks_setting_is_checked(runtime, ways):
     with pytest.raises(ValueError, match="landmarks"):
         IdentityGuard(runtime, ways, landmarks="judge")
