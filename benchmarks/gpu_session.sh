@@ -11,7 +11,7 @@
 #      4 faces / fps and p99 targets),
 #      (steps 1-3 share one time budget, $GPU_SESSION_SECONDS)
 #   4. optionally, a timed run of the U-Net GAN trainer (resumes from runs/gpu if carried back in),
-#   5. logs (one archive), benchmark JSON, loss curves, the last sample grid and the EMA weights
+#   5. logs (one archive, packed also when the call is cut short), benchmark JSON, loss curves, the last sample grid and the EMA weights
 #      copied to $OUT (8 files at most come back, 16 MiB each).
 #
 # Here, first (payloads that must travel, git-ignored):
@@ -47,6 +47,17 @@ fi
 minutes="${1:-3}"
 OUT="${OUT:-$PWD/out/gpu_session}"
 mkdir -p "$OUT"
+# Step logs are kept outside $OUT and packed into one archive on the way out, also when the call is
+# cut short at its limit (SIGTERM): at most 8 files come back, and the JSON reports need 4-6 of them.
+LOGS=$(mktemp -d)
+pack_logs() {
+    trap - EXIT TERM INT
+    cp "$OUT/device.txt" "$LOGS/" 2>/dev/null
+    tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
+    ls -la "$OUT"
+}
+trap pack_logs EXIT
+trap 'echo "stopped by a signal" >> "$OUT/device.txt"; exit 143' TERM INT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export STREAMANON_SHARED_DATA="$PWD/.gpu_data"
 
@@ -73,7 +84,7 @@ fi
 # Steps 1-3 share one budget ($GPU_SESSION_SECONDS, default 560 s: a 590 s call less the
 # archive at the end); each gets its own limit or what is left, and is skipped under 20 s.
 budget="${GPU_SESSION_SECONDS:-560}"
-step() {  # step NAME LIMIT LOG COMMAND...: run COMMAND under a timeout, log to $OUT/LOG
+step() {  # step NAME LIMIT LOG COMMAND...: run COMMAND under a timeout, log to $LOGS/LOG
     local name="$1" limit="$2" log="$3"
     shift 3
     local left=$((budget - SECONDS - 10))
@@ -82,9 +93,9 @@ step() {  # step NAME LIMIT LOG COMMAND...: run COMMAND under a timeout, log to 
         echo "$name: skipped, ${left}s left" | tee -a "$OUT/device.txt"
         return
     fi
-    timeout "$limit" "$@" > "$OUT/$log" 2>&1
+    timeout "$limit" "$@" > "$LOGS/$log" 2>&1
     echo "$name: exit $? (limit ${limit}s)" | tee -a "$OUT/device.txt"
-    tail -n 30 "$OUT/$log"
+    tail -n 30 "$LOGS/$log"
 }
 
 # 1. CUDA tests (each file also holds CPU tests; -m gpu keeps only the CUDA ones).
@@ -129,15 +140,13 @@ face_path eager 60
 # 4. The GAN trainer on the carried shards, for a fixed wall-clock budget, then a checkpoint.
 if [[ "$minutes" != "0" && -f data/faces128/meta.json ]]; then
     timeout $((minutes * 60 + 180)) python3 -m streamanon train run --data data/faces128 --out runs/gpu \
-        --device cuda --batch 64 --workers 8 --max-minutes "$minutes" -q > "$OUT/train.log" 2>&1
+        --device cuda --batch 64 --workers 8 --max-minutes "$minutes" -q > "$LOGS/train.log" 2>&1
     echo "training: exit $?" | tee -a "$OUT/device.txt"
-    tail -n 3 "$OUT/train.log"
+    tail -n 3 "$LOGS/train.log"
     # The EMA weights (fp16, < 16 MiB) come back; the resumable checkpoint (both networks and
     # their optimizer states, > 100 MiB) is over what $OUT returns, so a later session restarts.
     [[ -f runs/gpu/generator_128.pt ]] && cp runs/gpu/generator_128.pt "$OUT/"
     last_grid=$(ls runs/gpu/samples/*.png 2>/dev/null | tail -n 1)
     tar -czf "$OUT/train_logs.tar.gz" -C runs/gpu losses.csv losses.png ${last_grid:+samples/$(basename "$last_grid")} 2>/dev/null
 fi
-# At most 8 files come back: the logs travel as one archive.
-(cd "$OUT" && tar -czf logs.tar.gz device.txt ./*.log && rm -f ./*.log)
-ls -la "$OUT"
+# At most 8 files come back: the logs travel as one archive (pack_logs, on exit).
