@@ -22,6 +22,11 @@
 #   run(command="python3 benchmarks/gpu_carry.py receive", carry=[".gpu_carry/2"], timeout_s=120)
 #   run(command="python3 benchmarks/gpu_carry.py receive", carry=[".gpu_carry/3"], timeout_s=120)
 #   run(command="bash benchmarks/gpu_session.sh 0", carry=[".gpu_carry/4", ".gpu_data"], timeout_s=590)
+# A task is lent 15 minutes of device time in all, the machine's start (a minute or more) and the
+# idle waits included: make the four calls back to back, and when `status` shows less than ~11 min
+# left before the last, give it timeout_s = budget_left_s - 60 and begin its command with
+# `GPU_SESSION_SECONDS=<that, less 30>` so that steps 1-3 end inside it. With no time for the parts,
+# the last call alone still runs steps 1 and 2 (the CUDA tests and the face path).
 # Without the carried parts the last call still runs 1 and 2 (tests needing PyAV or dlib skip).
 # The argument is the training budget in minutes (0: none; training also needs the shards of
 # `streamanon train prepare` carried as data/faces128, ~40 MiB, which leaves no room for a part).
