@@ -43,7 +43,9 @@ Parity status: written without GPU access; tests/test_photometric_cuda.py checks
 machine (max error 1/255 on uint8 results, mask-0 pixels bit-identical). Before that, the kernel
 source compiled with nvcc, and the same test file passed on a CPU with a NumPy stand-in for CuPy
 that ran these kernel sources through g++; CuPy's own launch, broadcasting and reduction
-machinery and the GPU's arithmetic were not exercised.
+machinery and the GPU's arithmetic were not exercised. tests/test_cuda_source.py keeps the first
+check on every CPU run: nvcc compiles the RawModule source and the elementwise and reduction
+bodies (wrapped as CuPy wraps them) for sm_90, and every kernel name launched is defined.
 
 Importing this module imports CuPy (:func:`streamanon.photometric.get_backend` guards that); it
 compiles nothing until a kernel first runs.
