@@ -84,7 +84,11 @@ BATCH = 8
 # the second in a row, or under the threshold) cut the swaps on the shared talking and GRID clips
 # from 7 to 4 in 45 s, but `streamanon eval` then re-identified 5 frames of 200 on one talking clip
 # (distances 0.56-0.59 right after a check at 0.60-0.65), none before: privacy first, so one
-# check short of the bar swaps the identity.
+# check short of the bar swaps the identity. Choosing more robust identities instead, simulated
+# offline on the same clips (all 32 candidates measured on every frame; the simulation gives the
+# real 7 swaps, no leak): the farthest of all 32, 3 swaps but a leak frame; the most plausible within
+# 0.03 of the farthest, measured on the last three checked views, 4 swaps and none: too few swaps
+# to tell from chance, so not adopted.
 MARGIN = 0.1
 # A shown identity accepted closer than threshold + MARGIN / 2 (no candidate reached the margin) is
 # held to the distance it was accepted at, less this much drift, never below the threshold:
