@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +25,9 @@ from .timing import NULL_TIMER, StageClock
 from .types import AlignedFace, Frame, FrameStats, TrackedFace
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
-    from .generate.guard import IdentityChoice, IdentityGuard, View
+    from .generate.guard import IdentityGuard, View
+    from .generate.identities import TrackIdentities
     from .generate.runtime import GeneratorRuntime
-
-# A track the guard refused (blurred meanwhile) is tried again after this many seconds.
-GUARD_RETRY_SECONDS = 1.0
-# Re-checks of shown identities run per frame at most (the most overdue first): faces that appear
-# together fall due together, and checking all of them on one frame made that frame's latency spike.
-RECHECKS_PER_FRAME = 1
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +87,8 @@ class Anonymizer:
                 )
             self.generator = generator
             self.landmarks = LandmarkPredictor.from_config(self.config.landmarks, device=self.config.device)
-            from .generate.guard import postprocessings
-
             from .generate.compose import FaceCompositor
+            from .generate.guard import postprocessings
 
             self.photometric = get_backend(self.config.device)
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
@@ -103,19 +96,19 @@ class Anonymizer:
                                              self.config.generate.composite)  # fmt: skip
             self.guard = self._build_guard(in_background=bool(self.config.generate.guard_background))
         self._pastes_on_device = self._generate and self.compositor.on_device
-        # Generate mode, per track: the identity guard's choice, and when it looks at the track again.
-        self._identities: dict[int, IdentityChoice] = {}
-        self._check_at: dict[int, float] = {}
-        # generate.guard_background: choices, and re-checks of the identity shown, running on the
-        # guard's thread, per track.
-        self._choosing: dict[int, Future] = {}
-        self._checking: dict[int, tuple[Future, IdentityChoice]] = {}
-        self._guard_thread: ThreadPoolExecutor | None = None
-        if self._generate and self.guard is not None and self.config.generate.guard_background:
-            self._guard_thread = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="streamanon-guard",
-                initializer=_start_guard_thread, initargs=(self.generator.device,),
-            )  # fmt: skip
+        # Generate mode with the guard: each track's identity, and when the guard looks at it again.
+        self.identities: TrackIdentities | None = None
+        if self._generate and self.guard is not None:
+            from .generate.identities import TrackIdentities
+
+            thread = None
+            if self.config.generate.guard_background:  # choices and re-checks on a thread of their own
+                thread = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="streamanon-guard",
+                    initializer=_start_guard_thread, initargs=(self.generator.device,),
+                )  # fmt: skip
+            settings = self.config.generate
+            self.identities = TrackIdentities(self.guard, settings.seed, settings.guard_check_seconds, thread)
 
     @property
     def backend_name(self) -> str:
@@ -129,19 +122,15 @@ class Anonymizer:
     @property
     def guard_in_background(self) -> bool:
         """Whether the identity guard (choices and re-checks) runs on its own thread."""
-        return self._guard_thread is not None
+        return self.identities is not None and self.identities.thread is not None
 
     def reset(self) -> None:
         """Forget all tracks (call between unrelated clips)."""
         self.tracker.reset()
         self._frame_index = 0
         self._local_passes_left = 0
-        self._identities.clear()
-        self._check_at.clear()
-        for pending in [*self._choosing.values(), *(future for future, _ in self._checking.values())]:
-            pending.cancel()
-        self._choosing.clear()
-        self._checking.clear()
+        if self.identities is not None:
+            self.identities.reset()
 
     def _build_guard(self, in_background: bool) -> IdentityGuard | None:
         """The identity guard, or None when it is off. ``in_background``: it will run on its own
@@ -158,7 +147,8 @@ class Anonymizer:
         # The guard finds a candidate's own landmarks with this pipeline's detector and landmark stage.
         observer = NearestFaceLandmarks(self.detector, self.landmarks, OBSERVER_SIDE)
         return IdentityGuard(generator, self.postprocess, settings.guard_candidates, settings.guard_distance,
-                             plausibility=plausibility, landmarks=settings.guard_landmarks, observer=observer)  # fmt: skip
+                             plausibility=plausibility, landmarks=settings.guard_landmarks,
+                             observer=observer)  # fmt: skip
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray:
         """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""
@@ -321,111 +311,13 @@ class Anonymizer:
         self, image: np.ndarray, aligned: list[AlignedFace], t: float
     ) -> tuple[list[AlignedFace], np.ndarray, list[str]]:
         """The faces that may be generated this frame, their latents (B, latent_dim) and the
-        post-processing of each.
-
-        Without a guard every track uses its own latent. With one, a new track gets the guard's
-        choice, which is checked again every ``generate.guard_check_seconds`` (at most
-        ``RECHECKS_PER_FRAME`` checks a frame, the most overdue first) and replaced when it fails;
-        a track it refused is left out (so it is blurred) until a retry finds a safe one. With
-        ``generate.guard_background`` both run on the guard's thread, so no frame waits for them:
-        a track is left out until its choice is in, and keeps its identity while a re-check runs
-        (as between checks) until one fails.
-        """
-        if self.guard is None:
+        post-processing of each: without a guard every track with its own latent, with one as
+        :class:`~streamanon.generate.identities.TrackIdentities` decides."""
+        if self.identities is None:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
             return aligned, codes, ["full"] * len(aligned)
-        known = {tr.track_id for tr in self.tracker.tracks}
-        for stale in [tid for tid in self._identities if tid not in known]:
-            self._identities.pop(stale)
-            self._check_at.pop(stale, None)
-        for stale in [tid for tid in self._choosing if tid not in known]:
-            self._choosing.pop(stale).cancel()
-        for stale in [tid for tid in self._checking if tid not in known]:
-            self._checking.pop(stale)[0].cancel()
-        for tid in [tid for tid, pending in self._choosing.items() if pending.done()]:
-            self._take_background_choice(tid, self._choosing.pop(tid), t)
-        for tid in [tid for tid, (pending, _) in self._checking.items() if pending.done()]:
-            self._take_background_check(tid, *self._checking.pop(tid), image, aligned, t)
-        due = sorted(
-            (self._check_at[face.track_id], face.track_id)
-            for face in aligned
-            if face.track_id in self._identities and t >= self._check_at[face.track_id]
-        )
-        check_now = {tid for _, tid in due[:RECHECKS_PER_FRAME]}
-        kept, latents, ways = [], [], []
-        for face in aligned:
-            tid = face.track_id
-            if tid in self._choosing:
-                continue  # blurred until the guard's thread has its identity
-            choice = self._identities.get(tid)
-            if self._guard_thread is not None and (choice is None or tid in check_now):
-                view = self._frame_view(image, face, copy=True)  # used after this frame
-                if choice is None or not choice.safe:
-                    self._choose_in_background(tid, face, view)
-                    continue
-                # Shown meanwhile, as between checks; blurred from the first frame after a failure.
-                self._checking[tid] = (self._guard_thread.submit(self.guard.still_unlike, face, choice, view), choice)
-                self._check_at[tid] = math.inf
-            elif choice is None or tid in check_now:
-                view = self._frame_view(image, face)
-                if choice is None or not choice.safe or not self.guard.still_unlike(face, choice, view):
-                    choice = self._record_choice(tid, self.guard.choose(face, self.config.generate.seed, view), t)
-                else:
-                    self._check_at[tid] = t + self.config.generate.guard_check_seconds
-            if choice.safe:
-                kept.append(face)
-                latents.append(choice.latent)
-                ways.append(choice.postprocess)
-        dim = self.generator.config.latent_dim
-        return kept, np.stack(latents) if latents else np.zeros((0, dim), np.float32), ways
-
-    def _record_choice(self, tid: int, choice: IdentityChoice, t: float) -> IdentityChoice:
-        """Keep the guard's ``choice`` for track ``tid`` and schedule its next look at it."""
-        if not choice.safe:
-            log.info("track %d: no candidate identity is unlike the original (best distance %.3f); blurring it",
-                     tid, choice.distance)  # fmt: skip
-        self._identities[tid] = choice
-        wait = self.config.generate.guard_check_seconds if choice.safe else GUARD_RETRY_SECONDS
-        self._check_at[tid] = t + wait
-        return choice
-
-    def _choose_in_background(self, tid: int, face: AlignedFace, view: View) -> None:
-        """Start choosing ``tid``'s identity on the guard's thread; fail closed meanwhile: the face
-        is left out (blurred) until the choice is in."""
-        self._identities.pop(tid, None)
-        self._choosing[tid] = self._guard_thread.submit(self.guard.choose, face, self.config.generate.seed, view)
-
-    def _take_background_check(self, tid: int, pending: Future, checked: IdentityChoice, image: np.ndarray,
-                               aligned: list[AlignedFace], t: float) -> None:  # fmt: skip
-        """The result of a re-check made on the guard's thread: schedule the next one, or replace
-        the identity (a failed check counts as a failure: fail closed)."""
-        try:
-            still_unlike = bool(pending.result())
-        except Exception:  # noqa: BLE001 - an unverifiable identity is not shown
-            log.exception("track %d: re-checking its identity failed; choosing another", tid)
-            still_unlike = False
-        if self._identities.get(tid) is not checked:
-            return  # replaced meanwhile
-        if still_unlike:
-            self._check_at[tid] = t + self.config.generate.guard_check_seconds
-            return
-        face = next((f for f in aligned if f.track_id == tid), None)
-        if face is None:  # not detected this frame: choose when it is, blurred until then
-            self._identities.pop(tid)
-            return
-        self._choose_in_background(tid, face, self._frame_view(image, face, copy=True))
-
-    def _take_background_choice(self, tid: int, pending: Future, t: float) -> None:
-        """The result of a choice made on the guard's thread; a failed one is retried later
-        (the face stays blurred meanwhile)."""
-        from .generate.guard import IdentityChoice
-
-        try:
-            self._record_choice(tid, pending.result(), t)
-        except Exception:  # noqa: BLE001 - a failed choice only delays the generated face
-            log.exception("track %d: choosing an identity failed; blurring it and retrying", tid)
-            refused = IdentityChoice(np.zeros(0, np.float32), -1, 0.0, 0, False, "")
-            self._record_choice(tid, refused, t)
+        known = {track.track_id for track in self.tracker.tracks}
+        return self.identities.select(aligned, t, known, lambda face, copy: self._frame_view(image, face, copy))
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_the_track_keeps_one_identity(generated):
     vectors = [embedder.embed(out, _face_landmarks(anonymizer, out)) for out in outputs]
     cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(vectors, vectors[1:])]
     assert min(cosines) >= 0.9
-    (choice,) = anonymizer._identities.values()
+    (choice,) = anonymizer.identities.choices.values()
     assert choice.safe and choice.tried >= 1
 
 
@@ -133,10 +133,10 @@ def test_guard_candidates_option_reaches_the_config():
 
 
 def test_generate_mode_file_command_on_a_photo(tmp_path):
+    import av
+
     from streamanon.cli import main
     from streamanon.io.images import read_image, write_image
-
-    import av
 
     with av.open(str(shared_path("videos/talking_512_katiehill.mp4"))) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -203,9 +203,21 @@ def test_an_identity_that_fails_its_check_is_replaced(frames):
     assert len(chosen) == 1 and stats.generated == 1
 
 
+def test_identities_of_tracks_the_tracker_dropped_are_forgotten(frames):
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
+    anonymizer.process_frame(Frame(frames[0], 0))
+    identities = anonymizer.identities
+    (tid,) = identities.choices
+    assert tid in identities.check_at
+    kept, latents, ways = identities.select([], 1.0, known=set(), view_of=None)
+    assert (kept, ways, latents.shape[0]) == ([], [], 0)
+    assert not identities.choices and not identities.check_at
+
+
 def _wait_for_choices(anonymizer: Anonymizer) -> None:
     """Until the guard's thread has done what it was given (choices and re-checks)."""
-    for pending in [*anonymizer._choosing.values(), *(future for future, _ in anonymizer._checking.values())]:
+    identities = anonymizer.identities
+    for pending in [*identities.choosing.values(), *(future for future, _ in identities.checking.values())]:
         pending.result(timeout=120)
 
 
@@ -215,18 +227,18 @@ def test_background_choices_blur_a_new_face_until_its_identity_is_in(frames):
     arrives; then it is the identity the guard picks in the foreground."""
     foreground = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
     foreground.process_frame(Frame(frames[0], 0))
-    (expected,) = foreground._identities.values()
+    (expected,) = foreground.identities.choices.values()
 
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
         {"replace.mode": "generate", "generate.guard_background": True}))  # fmt: skip
     blurred, stats = anonymizer.process_frame(Frame(frames[0], 0))
-    assert stats.generated == 0 and stats.fallback == 1 and len(anonymizer._choosing) == 1
+    assert stats.generated == 0 and stats.fallback == 1 and len(anonymizer.identities.choosing) == 1
     blur = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "blur"})).process(frames[0])
     assert np.array_equal(blurred, blur)  # hidden exactly as blur mode hides it
     _wait_for_choices(anonymizer)
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))
-    assert stats.generated == 1 and not anonymizer._choosing
-    (chosen,) = anonymizer._identities.values()
+    assert stats.generated == 1 and not anonymizer.identities.choosing
+    (chosen,) = anonymizer.identities.choices.values()
     assert chosen.attempt == expected.attempt and np.array_equal(chosen.latent, expected.latent)
 
 
@@ -249,7 +261,8 @@ def test_guard_background_setting_is_checked():
 
 def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(frames):
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
-        {"replace.mode": "generate", "generate.guard_background": True, "generate.guard_check_seconds": 0.0}))  # fmt: skip
+        {"replace.mode": "generate", "generate.guard_background": True,
+         "generate.guard_check_seconds": 0.0}))  # fmt: skip
     anonymizer.process_frame(Frame(frames[0], 0))
     _wait_for_choices(anonymizer)
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))  # its first re-check falls due at once
@@ -258,17 +271,18 @@ def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(fr
     chosen = _counting(anonymizer, "choose")
     checked = _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[2], 2))
-    assert stats.generated == 1 and len(anonymizer._checking) == 1  # shown while its check runs
+    assert stats.generated == 1 and len(anonymizer.identities.checking) == 1  # shown while its check runs
     _wait_for_choices(anonymizer)
     _, stats = anonymizer.process_frame(Frame(frames[3], 3))
     assert stats.generated == 0 and stats.fallback == 1  # the failed check: blurred, chosen again
-    assert len(checked) == 1 and len(anonymizer._choosing) == 1
+    assert len(checked) == 1 and len(anonymizer.identities.choosing) == 1
     _wait_for_choices(anonymizer)
     assert len(chosen) == 1
     _, stats = anonymizer.process_frame(Frame(frames[0], 4))  # (the fixture holds 4 frames)
     assert stats.generated == 1
     anonymizer.reset()
-    assert not anonymizer._choosing and not anonymizer._checking and not anonymizer._identities
+    identities = anonymizer.identities
+    assert not identities.choosing and not identities.checking and not identities.choices
 
 
 def _two_faces(frames) -> list[np.ndarray]:
@@ -286,8 +300,8 @@ def _run_two_faces(pair, composite: str, strict_track: int | None = None, detect
     first, stats = anonymizer.process_frame(Frame(pair[0], 0))
     assert stats.generated == 2
     if strict_track is not None:
-        tid = sorted(anonymizer._identities)[strict_track]
-        anonymizer._identities[tid] = replace(anonymizer._identities[tid], postprocess="strict")
+        tid = sorted(anonymizer.identities.choices)[strict_track]
+        anonymizer.identities.choices[tid] = replace(anonymizer.identities.choices[tid], postprocess="strict")
     second, stats = anonymizer.process_frame(Frame(pair[1], 1))
     assert stats.generated == 2
     return [first, second]
@@ -429,7 +443,8 @@ def test_a_failing_device_alignment_hands_over_to_the_host(frames, monkeypatch, 
 
 
 def test_composite_setting_reaches_the_summary_and_rejects_bad_values():
-    anonymizer = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate", "generate.composite": "device"}))
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.composite": "device"}))  # fmt: skip
     assert anonymizer.backend_name.endswith(", composite on cpu)")
     auto = Anonymizer(AnonymizerConfig().with_overrides({"replace.mode": "generate"}))
     assert "composite on" not in auto.backend_name  # auto: the host on a CPU run
