@@ -299,6 +299,27 @@ def test_batch_of_one_equals_batch_of_three():
         assert np.array_equal(alone[0], together[i])
 
 
+@pytest.mark.parametrize("step", [relight, laplacian_refine, color_transfer, postprocess])
+def test_faces_over_one_original_equal_each_face_alone(step, monkeypatch):
+    """The identity guard's batches: several generated faces over the same original and mask. The
+    original's side is then computed once (see ``_one_original``), with the bits of face-by-face."""
+    anon, orig, mask = _batch(np.random.default_rng(12), 4)
+    orig, mask = np.stack([orig[0]] * 4), np.stack([mask[0]] * 4)
+    calls = []
+    once = reference._one_original
+    monkeypatch.setattr(reference, "_one_original", lambda o, m: calls.append(len(once(o, m)[0])) or once(o, m))
+    together = step(anon, orig, mask, CFG)
+    assert calls and set(calls) == {1}  # the shared original was seen and used once
+    for i in range(4):
+        assert np.array_equal(step(anon[i : i + 1], orig[:1], mask[:1], CFG)[0], together[i])
+    # Another mask for one face: each face's own original side again.
+    mask[2] = np.roll(mask[2], 9, axis=1)
+    calls.clear()
+    apart = step(anon, orig, mask, CFG)
+    assert set(calls) == {4}
+    assert np.array_equal(apart[2], step(anon[2:3], orig[:1], mask[2:3], CFG)[0])
+
+
 def test_empty_batch():
     empty = np.zeros((0, SIZE, SIZE, 3), np.uint8)
     for step in (postprocess, relight, laplacian_refine, color_transfer):

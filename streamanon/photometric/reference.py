@@ -122,6 +122,17 @@ def _run_step(step, anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: P
     return _to_uint8(step(anon_f, orig_f, mask_f, cfg))
 
 
+def _one_original(orig: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``orig[:1], mask[:1]`` when every face of the batch has the same original and mask (the
+    identity guard renders a face's candidates in batches of 8 over one original), else both as
+    they are. The original's side of each step (shading, coarsest level, chroma statistics) is then
+    computed once and broadcast: per face it is the same computation, so the same bits."""
+    if len(orig) > 1 and all(np.array_equal(o, orig[0]) and np.array_equal(m, mask[0])
+                             for o, m in zip(orig[1:], mask[1:])):  # fmt: skip
+        return orig[:1], mask[:1]
+    return orig, mask
+
+
 def _within_mask(base: np.ndarray, changed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``base + mask * (changed - base)``: the step applies inside the face region only."""
     return base + mask[..., None] * (changed - base)
@@ -180,8 +191,8 @@ def _bilateral(gray: np.ndarray, diameter: int, sigma_color: float, sigma_space:
 def _relight(anon: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg: PhotometricConfig) -> np.ndarray:
     params = (cfg.bilateral_diameter, cfg.bilateral_sigma_color, cfg.bilateral_sigma_space, SHADING_EPS)
     albedo_anon, _ = shading_albedo(anon, *params, downsample=cfg.shading_downsample)
-    _, shading_orig = shading_albedo(orig, *params, downsample=cfg.shading_downsample)
-    relit = np.clip(albedo_anon * shading_orig[..., None], 0.0, 1.0)
+    _, shading_orig = shading_albedo(_one_original(orig, mask)[0], *params, downsample=cfg.shading_downsample)
+    relit = np.clip(albedo_anon * shading_orig[..., None], 0.0, 1.0)  # (1, H, W) broadcasts
     return _within_mask(anon, relit, mask)
 
 
@@ -303,7 +314,9 @@ def _laplacian_refine(relit: np.ndarray, orig: np.ndarray, mask: np.ndarray, cfg
     in_context = _within_mask(orig, relit, mask)
     pyramid = laplacian_pyramid(in_context, cfg.pyramid_levels)
     # Only the original's coarsest Gaussian level is needed, not its whole Laplacian pyramid.
-    pyramid[-1] = _per_face(lambda face: _gaussian_pyramid(face, cfg.pyramid_levels)[-1:], orig, batched=True)[0]
+    coarsest = _per_face(lambda face: _gaussian_pyramid(face, cfg.pyramid_levels)[-1:], _one_original(orig, mask)[0],
+                         batched=True)[0]  # fmt: skip
+    pyramid[-1] = np.broadcast_to(coarsest, (len(orig), *coarsest.shape[1:]))
     refined = np.clip(reconstruct_pyramid(pyramid), 0.0, 1.0)
     return _within_mask(relit, refined, mask)
 
@@ -364,9 +377,10 @@ def _masked_mean_std(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 
 def _color_transfer(anon: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.ndarray:
     ycc_anon = rgb_to_ycbcr(anon)
-    ycc_orig = rgb_to_ycbcr(orig)
+    orig_once, mask_once = _one_original(orig, mask)
     mean_a, std_a, weight = _masked_mean_std(ycc_anon[..., 1:], mask)
-    mean_o, std_o, _ = _masked_mean_std(ycc_orig[..., 1:], mask)
+    mean_o, std_o, _ = _masked_mean_std(rgb_to_ycbcr(orig_once)[..., 1:], mask_once)
+    mean_o = np.broadcast_to(mean_o, mean_a.shape).copy()  # (1, 2) for one shared original
     scale = std_o / np.maximum(std_a, CHROMA_STD_FLOOR)
     # A face with an empty mask has no statistics; leave it as it is.
     empty = weight < MASK_WEIGHT_MIN
