@@ -83,10 +83,23 @@ def test_clip_against_itself(original, grid_frames, workdir, models):
     temporal = report["temporal"]
     assert temporal["pairs"] == FRAMES - 1
     assert temporal["jitter_ratio"] == pytest.approx(1.0) and temporal["flicker_ratio"] == pytest.approx(1.0)
+    assert temporal["identity_switch_frames"] == []
     assert report["realism"]["frechet_embedding"] == pytest.approx(0.0, abs=1e-6)
     # Every frame shows the same face: every frame is a leak.
     assert report["coverage"]["leak_frames"] == list(range(FRAMES))
     json.dumps(report, allow_nan=False)  # JSON-ready: no NaN, no numpy types
+
+
+def test_another_speaker_from_mid_clip_is_one_identity_switch(original, grid_frames, workdir, models):
+    """The second half of the "anonymized" clip shows another GRID speaker (framed alike): one switch,
+    at the first frame of that half; the clip against itself has none (test above)."""
+    from streamanon.io.video import VideoReader
+
+    with VideoReader(shared_path("videos/grid_speaker_01.mpg")) as reader:
+        other = [frame.image for _, frame in zip(range(FRAMES), reader)]
+    half = FRAMES // 2
+    report = _evaluate(original, grid_frames[:half] + other[half:], "switch", workdir, models)
+    assert report["tracks"] == 1 and report["temporal"]["identity_switch_frames"] == [half]
 
 
 def test_colour_shift_raises_delta_e_not_nme(original, grid_frames, workdir, models):

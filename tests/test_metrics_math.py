@@ -115,6 +115,11 @@ def test_identity_helpers():
     assert identity.is_reidentified(0.59) and not identity.is_reidentified(0.6)
 
 
+def test_identity_switch_threshold():
+    assert temporal.is_identity_switch(0.945) and not temporal.is_identity_switch(0.983)  # measured swaps / not
+    assert not temporal.is_identity_switch(temporal.IDENTITY_SWITCH_COSINE)
+
+
 def test_jitter_and_flicker():
     pts = _face_landmarks(np.random.default_rng(5))
     assert temporal.landmark_motion(pts, pts + [4.0, 0.0], 40.0) == pytest.approx(0.1)

@@ -549,6 +549,9 @@ class ClipEvaluator:
         return {
             "pairs": len(pairs),
             "identity_stability": summarize(p["identity_stability"] for p in pairs),
+            "identity_switch_frames": [
+                p["frame"] for p in pairs if temporal.is_identity_switch(p["identity_stability"])
+            ],
             "jitter_ratio": temporal.jitter_ratio(
                 [p["motion_anonymized"] for p in pairs], [p["motion_original"] for p in pairs]
             ),

@@ -18,6 +18,8 @@ JSON schema (``"schema": "streamanon.eval/1"``)::
                          "inter_ocular_px": Summary, "metrics": {name: Summary}}],
       "temporal": {"pairs": int,                          # consecutive-frame pairs of a track
                    "identity_stability": Summary,         # cosine of consecutive anonymized embeddings
+                   "identity_switch_frames": [int],       # frames whose face is another identity than the
+                                                          # frame before (cosine < temporal.IDENTITY_SWITCH_COSINE)
                    "jitter_ratio": float|null,            # sum anon landmark motion / sum original motion
                    "jitter_ratio_by_track": {track_id: float|null},
                    "motion_original": Summary, "motion_anonymized": Summary,  # per pair, / IOD
@@ -169,6 +171,7 @@ def console_table(rows: list[dict]) -> str:
         lines.append((title, cells))
     extra = [
         ("Identity stability (temporal)", [_fmt(((r.get("temporal") or {}).get("identity_stability") or {}).get("mean"), "f3") for r in rows]),
+        ("Identity switches", [_switches_cell(r) for r in rows]),
         ("Landmark jitter ratio", [_fmt((r.get("temporal") or {}).get("jitter_ratio"), "f2") for r in rows]),
         ("Flicker ratio", [_fmt((r.get("temporal") or {}).get("flicker_ratio"), "f2") for r in rows]),
         ("FID (Inception)", [_fid_cell(r) for r in rows]),
@@ -191,7 +194,18 @@ def _fid_cell(row: dict) -> str:
 
 
 def _leak_cell(row: dict) -> str:
-    frames = row["coverage"]["leak_frames"]
+    return _frames_cell(row["coverage"]["leak_frames"])
+
+
+def _switches_cell(row: dict) -> str:
+    """Identity switches in tracks, with their frames ("–" for images: no temporal pairs)."""
+    temporal = row.get("temporal")
+    if not temporal:
+        return "–"
+    return _frames_cell(temporal.get("identity_switch_frames", []))
+
+
+def _frames_cell(frames: list[int]) -> str:
     if not frames:
         return "none"
     shown = ",".join(str(f) for f in frames[:6])
@@ -275,6 +289,7 @@ def render_html(document: dict, thumbnails: Sequence[Sequence[dict]] = ()) -> st
         out.append("</tr>")
     for title, fn in (
         ("Identity stability", lambda r: _fmt(((r.get("temporal") or {}).get("identity_stability") or {}).get("mean"), "f3")),
+        ("Identity switches", _switches_cell),
         ("Landmark jitter ratio", lambda r: _fmt((r.get("temporal") or {}).get("jitter_ratio"), "f2")),
         ("Flicker ratio", lambda r: _fmt((r.get("temporal") or {}).get("flicker_ratio"), "f2")),
         ("FID (Inception)", _fid_cell),
