@@ -361,13 +361,16 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert grid.shape[0] == 5 * (SIZE + 2) + 2  # five rows: masked / raw / post / output / original
 
     clip = tmp_path / "clip_eval.json"  # the parts of a 'streamanon eval --json' document the card reads
-    clip.write_text(json.dumps({"rows": [{
-        "original": "/x/talk.mp4", "temporal": {"identity_stability": {"mean": 0.95}},
-        "metrics": {"reid": {"mean": 0.1}, "pose_nme": {"mean": 0.05}},
-    }]}))  # fmt: skip
+    row = {"original": "/x/talk.mp4", "temporal": {"identity_stability": {"mean": 0.95}},
+           "metrics": {"reid": {"mean": 0.1}, "pose_nme": {"mean": 0.05}}}  # fmt: skip
+    older = tmp_path / "older_eval.json"  # from before eval counted identity switches
+    older.write_text(json.dumps({"rows": [dict(row, original="/x/old.mp4")]}))
+    row["temporal"]["identity_switch_frames"] = [12, 40]
+    clip.write_text(json.dumps({"rows": [row]}))
     untuned = dict(figures, first_face=3)  # figures on other faces, in their own file beside the weights
     fitted.with_suffix(".validation-untuned.json").write_text(json.dumps(untuned))
-    card = CliRunner().invoke(card_command, [str(fitted), "--clip-eval", str(clip)], catch_exceptions=False)
+    card = CliRunner().invoke(card_command, [str(fitted), "--clip-eval", str(clip), "--clip-eval", str(older)],
+                              catch_exceptions=False)  # fmt: skip
     assert card.exit_code == 0, card.output
     text = fitted.with_suffix(".md").read_text()
     assert "the one CenterFace finds most face-like" in text and "Faces 0-0 of the held-out set" in text
@@ -380,7 +383,8 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert "misses" in text or "meets" in text
     assert "non-commercial research use only" in text and grid_path.name in text
     assert "--components 6" in text  # how to reproduce, from the fit's own options
-    assert "| `talk.mp4` | 0.950 (meets >= 0.9) | 10.0 % | 0.0500 |" in text
+    assert "| `talk.mp4` | 0.950 (meets >= 0.9) | 2 | 10.0 % | 0.0500 |" in text
+    assert "| `old.mp4` | 0.950 (meets >= 0.9) | – | 10.0 % | 0.0500 |" in text
 
 
 def test_validate_starts_where_asked_and_refuses_a_start_past_the_data(fitted, data_dir, tmp_path):

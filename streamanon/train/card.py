@@ -65,20 +65,25 @@ def _guard_landmarks_text(mode: str) -> str:
     }.get(mode, "")
 
 
-def clip_figures(evaluation: dict) -> tuple[str, float, float, float]:
-    """(clip name, identity stability, re-identification rate, pose NME) of an eval JSON; the
-    stability is the mean cosine of consecutive dlib embeddings of the generated face."""
+def clip_figures(evaluation: dict) -> tuple[str, float, int | None, float, float]:
+    """(clip name, identity stability, identity switches, re-identification rate, pose NME) of an
+    eval JSON; the stability is the mean cosine of consecutive dlib embeddings of the generated
+    face; the switches are None in evaluations made before ``eval`` counted them."""
     try:
         row = evaluation["rows"][0]  # the evaluated clip; baselines follow
         metrics = row["metrics"]
+        switches = row["temporal"].get("identity_switch_frames")
         return (
             Path(row["original"]).name,
             float(row["temporal"]["identity_stability"]["mean"]),
+            None if switches is None else len(switches),
             float(metrics["reid"]["mean"]),
             float(metrics["pose_nme"]["mean"]),
         )
     except (KeyError, IndexError, TypeError, ValueError):
-        raise UserError("clip evaluation lacks rows[0] temporal/metrics figures (is it from 'streamanon eval --json'?)") from None
+        raise UserError(
+            "clip evaluation lacks rows[0] temporal/metrics figures (is it from 'streamanon eval --json'?)"
+        ) from None
 
 
 def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> str:
@@ -164,13 +169,14 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
     ]
     if clip_evaluations:
         lines += ["", "## Identity over time (`streamanon file --mode generate`, then `streamanon eval`)", ""]
-        lines += ["| clip | mean cosine of consecutive dlib embeddings | frames re-identified | pose NME |"]
-        lines += ["|---|---|---|---|"]
+        lines += ["| clip | mean cosine of consecutive dlib embeddings | identity switches | frames re-identified "
+                  "| pose NME |"]  # fmt: skip
+        lines += ["|---|---|---|---|---|"]
         for evaluation in clip_evaluations:
-            name, stability, reid, nme = clip_figures(evaluation)
+            name, stability, switches, reid, nme = clip_figures(evaluation)
             lines.append(
                 f"| `{name}` | {stability:.3f} ({_verdict('identity_stability', stability)}) | "
-                f"{100 * reid:.1f} % | {nme:.4f} |"
+                f"{'–' if switches is None else switches} | {100 * reid:.1f} % | {nme:.4f} |"
             )
     grid = weights.with_name(weights.stem + "_samples.png")
     if grid.is_file():
