@@ -171,6 +171,7 @@ def _register_optional_commands() -> None:
         (train_group, "prepare", "streamanon.train.cli", "prepare_command"),
         (train_group, "run", "streamanon.train.cli", "run_command"),
         (train_group, "appearance", "streamanon.train.cli", "appearance_command"),
+        (train_group, "detail", "streamanon.train.cli", "detail_command"),
         (train_group, "validate", "streamanon.train.cli", "validate_command"),
         (train_group, "card", "streamanon.train.cli", "card_command"),
         (train_group, "emotion", "streamanon.train.emotion", "emotion_command"),

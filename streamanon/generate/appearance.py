@@ -21,9 +21,11 @@ GPU training to reach its quality; it is the shipped default until such weights 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .model import compose_output
@@ -44,6 +46,11 @@ class AppearanceConfig:
     latent_dim: int = 96  # texture components; the latent drives all of them
     temperature: float = 1.0  # scale of the identity part L z (1 = the training faces' spread)
     latent_clip: float = 3.0  # |z| beyond this is clipped: rare extremes make implausible faces
+    # Fine detail (``streamanon train detail``; 0 = none, as in models fitted before it existed):
+    sharpen: float = 0.0  # unsharp-mask amount on the texture
+    sharpen_sigma: float = 1.0  # its Gaussian, px of the mean layout
+    grain: float = 0.0  # strength of the grain (1 = the training faces' left-out high frequencies)
+    grain_fields: int = 0  # random fields in the grain bank (buffers ``grain_bank``, ``grain_mix``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +81,10 @@ class AppearanceGenerator(nn.Module):
         self.register_buffer("basis", torch.zeros(k, 3, s, s, dtype=torch.float16))
         self.register_buffer("shape_weights", torch.zeros(136, k))
         self.register_buffer("identity_factor", torch.eye(k))
+        if config.grain_fields > 0:
+            self.register_buffer("grain_bank", torch.zeros(config.grain_fields, s, s, dtype=torch.float16))
+            self.register_buffer("grain_mix", torch.zeros(config.grain_fields, k))
+        self.register_buffer("sharpen_kernel", _gaussian_kernel(config.sharpen_sigma), persistent=False)
 
     def coefficients(self, landmarks: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Texture coefficients (B, K), in standard deviations of each component."""
@@ -89,6 +100,22 @@ class AppearanceGenerator(nn.Module):
         s = self.config.resolution
         return flat.view(-1, 3, s, s)
 
+    def detailed(self, texture: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``texture`` sharpened and with the latent's grain (see :mod:`streamanon.train.detail`)."""
+        cfg = self.config
+        if cfg.sharpen > 0:
+            channels = texture.shape[1]
+            kernel = self.sharpen_kernel.to(texture.dtype)[None, None].expand(channels, 1, -1, -1)
+            pad = kernel.shape[-1] // 2
+            blurred = F.conv2d(F.pad(texture, (pad, pad, pad, pad), mode="replicate"), kernel, groups=channels)
+            texture = texture + cfg.sharpen * (texture - blurred)
+        if cfg.grain > 0 and cfg.grain_fields > 0:
+            mix = z.float().clamp(-cfg.latent_clip, cfg.latent_clip) @ self.grain_mix.float().t()  # (B, F)
+            mix = mix / mix.norm(dim=1, keepdim=True).clamp(min=1e-6)
+            grain = (mix @ self.grain_bank.float().flatten(1)).view(-1, 1, *texture.shape[-2:])
+            texture = texture + (2.0 * cfg.grain) * grain  # [0, 1] luminance units -> [-1, 1] texture
+        return texture
+
     def forward(
         self,
         crop: torch.Tensor,
@@ -98,8 +125,17 @@ class AppearanceGenerator(nn.Module):
         compose: bool = True,
     ) -> torch.Tensor:
         size = self.config.resolution
-        texture = self.texture(self.coefficients(landmarks, z))
+        texture = self.detailed(self.texture(self.coefficients(landmarks, z)), z)
         mean = self.mean_landmarks.float()[None].expand(landmarks.shape[0], -1, -1)
         raw = warp_points(texture, control_points(mean, size), control_points(landmarks, size), RENDER_LATTICE_STEP)
         raw = raw.to(crop.dtype)
         return compose_output(raw, crop, mask) if compose else raw
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 2-D Gaussian (2r+1, 2r+1), r = ceil(3 sigma)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    return g[:, None] * g[None, :]

@@ -154,11 +154,13 @@ def run_command(
 @click.option("--max-faces", default=None, type=click.IntRange(1), help="At most this many faces (seeded subset).")
 @click.option("--no-flip", is_flag=True, help="Do not add mirrored faces.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--detail/--no-detail", default=True, show_default=True,
+              help="Also fit the sharpening and grain that match real faces' detail ('train detail').")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an existing weights file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def appearance_command(
     data: Path, out: Path, components: int, min_coverage: float, max_faces: int | None, no_flip: bool, seed: int,
-    overwrite: bool, quiet: bool,
+    detail: bool, overwrite: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Fit the statistical appearance generator (CPU, minutes) on DATA and write its weights to OUT.
 
@@ -174,14 +176,64 @@ def appearance_command(
         components=components, min_coverage=min_coverage, flip=not no_flip, max_faces=max_faces, seed=seed
     )
     model, summary = fit_appearance(str(data), options, progress=not quiet and sys.stderr.isatty())
-    save_checkpoint(out, model.config, model, step=0)
     fit = asdict(summary) | {"options": asdict(options), "data": read_counts(data)}
+    if detail:
+        model, fit["detail"] = _fit_detail(model, data, seed, min_coverage)
+    save_checkpoint(out, model.config, model, step=0)
     _write_json(out.with_suffix(".fit.json"), fit)
     click.echo(
         f"fitted {summary.components} components on {summary.faces} faces (+ mirrored) in {summary.seconds} s: "
         f"{100 * summary.explained_variance:.1f} % of texture variance kept, landmarks explain "
         f"{100 * summary.shape_explained:.1f} % of it -> {out}"
     )
+
+
+def _fit_detail(model, data: Path, seed: int, min_coverage: float) -> tuple:
+    """Fit the detail of ``model``; returns the detailed model and the summary for the fit JSON."""
+    from dataclasses import asdict
+
+    from .detail import DetailFitOptions, fit_detail
+
+    options = DetailFitOptions(seed=seed, min_coverage=min_coverage)
+    detailed, summary = fit_detail(model, str(data), options)
+    before, after = summary.band_power_before, summary.band_power_after
+    click.echo(
+        f"detail: sharpen {summary.sharpen:g}, grain {summary.grain:g}; power at "
+        + ", ".join(f"{band} cycles/px {before[band]:.2f} -> {after[band]:.2f}" for band in before)
+        + " of real faces'"
+    )
+    return detailed, asdict(summary) | {"options": asdict(options)}
+
+
+@click.command("detail")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Appearance generator weights (from 'train appearance').")  # fmt: skip
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Prepared data.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights file to write (.pt).")  # fmt: skip
+@click.option("--min-coverage", default=0.75, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Use faces whose mask region lies at least this much inside the source photo.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing weights file.")
+def detail_command(weights: Path, data: Path, out: Path, min_coverage: float, seed: int, overwrite: bool) -> None:
+    """Fit the fine detail (sharpening and skin grain) of an appearance generator to real faces' spectra.
+
+    Writes OUT, and OUT.fit.json: the fit summary of WEIGHTS (if beside it) with the detail's."""
+    from ..generate.appearance import AppearanceGenerator
+    from .checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint
+
+    if out.exists() and not overwrite:
+        raise UserError(f"output exists: {out} (use --overwrite to replace it)")
+    model = generator_from_checkpoint(load_checkpoint(weights))
+    if not isinstance(model, AppearanceGenerator):
+        raise UserError(f"{weights} is not an appearance generator; 'train detail' fits only those")
+    fit_path = weights.with_suffix(".fit.json")
+    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+    model, fit["detail"] = _fit_detail(model, data, seed, min_coverage)
+    save_checkpoint(out, model.config, model, step=0)
+    _write_json(out.with_suffix(".fit.json"), fit)
+    click.echo(f"-> {out}")
 
 
 @click.command("validate")
