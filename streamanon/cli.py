@@ -44,7 +44,8 @@ def pipeline_options(command):
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."),
         click.option("--mode", type=click.Choice(MODES), help="How faces are replaced [default: blur]."),
-        click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Detection score threshold [0.4]."),
+        click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+                     help="Detection score threshold [0.4]."),
         click.option(
             "--detect-scale",
             type=click.FloatRange(0.05, 4.0),

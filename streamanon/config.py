@@ -12,10 +12,14 @@ TOML layout mirrors the tree, e.g.::
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from .errors import UserError
 
@@ -221,24 +225,115 @@ class AnonymizerConfig:
         return config
 
 
-def _replace_dotted(obj: Any, path: list[str], value: Any) -> Any:
+# Bounds of numeric settings, checked wherever a value is set (TOML file or command line), so that
+# no value can quietly switch hiding off (a negative margin shrinks the hidden region to nothing).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "detect.threshold": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "detect.scale": (lambda v: v is None or 0.0 < v <= 4.0, "in (0, 4]"),
+    "detect.min_size": (lambda v: v >= 0.0, ">= 0"),
+    "detect.nms_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "track.iou_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "track.max_missed": (lambda v: v >= 0, ">= 0"),
+    # More than one detection before a track is reported would show a new face unaltered in its
+    # first frames: privacy fails closed, so a face is hidden from its first detection.
+    "track.min_hits": (lambda v: v == 1, "1 (a face is hidden from its first detection)"),
+    "smooth.min_cutoff": (lambda v: v > 0.0, "> 0"),
+    "smooth.beta": (lambda v: v >= 0.0, ">= 0"),
+    "smooth.d_cutoff": (lambda v: v > 0.0, "> 0"),
+    "photometric.bilateral_diameter": (lambda v: 1 <= v <= 255, "in [1, 255]"),
+    "photometric.bilateral_sigma_color": (lambda v: v > 0.0, "> 0"),
+    "photometric.bilateral_sigma_space": (lambda v: v > 0.0, "> 0"),
+    "photometric.shading_downsample": (lambda v: v in (1, 2, 4), "1, 2 or 4"),
+    "photometric.pyramid_levels": (lambda v: 1 <= v <= 16, "in [1, 16]"),
+    "replace.margin": (lambda v: 0.0 <= v <= 2.0, "in [0, 2]"),
+    "replace.pixel_blocks": (lambda v: 1 <= v <= 1024, "in [1, 1024]"),
+    "replace.solid_color": (lambda v: all(0 <= c <= 255 for c in v), "three values in [0, 255]"),
+    "replace.feather": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "generate.crop_size": (lambda v: 16 <= v <= 1024, "in [16, 1024]"),
+    "generate.guard_candidates": (lambda v: 0 <= v <= 1024, "in [0, 1024]"),
+    "encode.crf": (lambda v: 0 <= v <= 63, "in [0, 63]"),
+}
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(kind))
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        plural = {int: "whole numbers", float: "numbers", str: "strings"}.get(typing.get_args(kind)[0], "values")
+        return f"a list of {len(typing.get_args(kind))} {plural}"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+            type(None): "unset"}.get(kind, str(kind))  # fmt: skip
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    """``value`` as the annotated type ``kind`` (an int where a float is due), or raise ``TypeError``."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        if value in typing.get_args(kind):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _coerce(option, value)
+            except TypeError:
+                continue
+    elif origin is tuple:
+        items = typing.get_args(kind)
+        if isinstance(value, (list, tuple)) and len(value) == len(items):
+            return tuple(_coerce(k, v) for k, v in zip(items, value))
+    elif kind is type(None):
+        if value is None:
+            return value
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise TypeError(kind)
+
+
+def _checked(obj: Any, name: str, dotted: str, value: Any) -> Any:
+    """``value`` for setting ``dotted`` (field ``name`` of ``obj``), type- and range-checked."""
+    if name == "mode" and value not in MODES:
+        raise UserError(f"unknown mode '{value}' (choose from {', '.join(MODES)})")
+    kind = typing.get_type_hints(type(obj))[name]
+    try:
+        value = _coerce(kind, value)
+    except TypeError:
+        raise UserError(f"setting {dotted} must be {_type_name(kind)}, got {value!r}") from None
+    if dotted in RANGES:
+        ok, bound = RANGES[dotted]
+        if not ok(value):
+            raise UserError(f"setting {dotted} must be {bound}, got {value!r}")
+    if dotted == "device" and not DEVICE_PATTERN.fullmatch(value):
+        raise UserError(f"setting device must be cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _replace_dotted(obj: Any, path: list[str], value: Any, prefix: str = "") -> Any:
     name = path[0]
     names = {f.name for f in dataclasses.fields(obj)}
     if name not in names:
-        raise UserError(f"unknown setting '{name}' (known: {', '.join(sorted(names))})")
+        raise UserError(f"unknown setting '{prefix}{name}' (known: {', '.join(sorted(names))})")
     if len(path) == 1:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
-            raise UserError(f"setting '{name}' is a section, not a value")
-        if name == "mode" and value not in MODES:
-            raise UserError(f"unknown mode '{value}' (choose from {', '.join(MODES)})")
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        return dataclasses.replace(obj, **{name: value})
+            raise UserError(f"setting '{prefix}{name}' is a section, not a value")
+        return dataclasses.replace(obj, **{name: _checked(obj, name, prefix + name, value)})
     child = getattr(obj, name)
     if not dataclasses.is_dataclass(child):
-        raise UserError(f"setting '{name}' has no sub-settings")
-    return dataclasses.replace(obj, **{name: _replace_dotted(child, path[1:], value)})
+        raise UserError(f"setting '{prefix}{name}' has no sub-settings")
+    return dataclasses.replace(obj, **{name: _replace_dotted(child, path[1:], value, f"{prefix}{name}.")})
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
