@@ -21,8 +21,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from conftest import PROJECT_ROOT, shared_path
+
 from streamanon.cli import main
 from streamanon.errors import UserError
 from streamanon.live.latency import LatencyStats
@@ -31,8 +31,8 @@ from streamanon.live.raw import frame_bytes, raw_to_rgb, rgb_to_raw
 from streamanon.live.runner import MAX_CONSECUTIVE_FAILURES, StreamOptions, StreamRunner
 from streamanon.live.sinks import RawSink, SinkSettings, open_sink
 from streamanon.live.sources import RawSource, SourceError, SourceSettings, open_source
-from streamanon.pipeline import Anonymizer
 from streamanon.live.timeline import Timeline
+from streamanon.pipeline import Anonymizer
 
 CLIP = "videos/grid_speaker_00.mpg"
 WIDTH, HEIGHT = 360, 288
@@ -403,6 +403,84 @@ def test_realtime_catches_up_with_late_frames_blurred(face):
     assert_face_hidden(out, face)
 
 
+# -- display rotation (phone clips) -----------------------------------------------------------
+def write_rotated_clip(path: Path, upright: list[np.ndarray], rotation: int) -> Path:
+    """A phone-style clip: each frame stored turned away from upright, with the display matrix
+    (``rotation`` degrees counter-clockwise, PyAV's sense) that turns it back for players."""
+    turns = rotation // 90
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        coded = np.ascontiguousarray(np.rot90(upright[0], -turns))
+        stream.height, stream.width = coded.shape[:2]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "12"}
+        stream.set_display_rotation(rotation)
+        for index, image in enumerate(upright):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -turns)), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0))
+        assert (first.rotation % 360, first.width, first.height) == (rotation % 360, coded.shape[1], coded.shape[0])
+    return path
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_file_source_turns_rotated_frames_upright(tmp_path, rotation):
+    upright = clip_frames(shared_path(CLIP), 4)
+    clip = write_rotated_clip(tmp_path / f"phone_{rotation}.mp4", upright, rotation)
+    source = open_source(str(clip))
+    source.open()
+    try:
+        frames = [image for image, _ in source.frames(threading.Event())]
+    finally:
+        source.close()
+    assert len(frames) == len(upright)
+    for got, want in zip(frames, upright):
+        assert got.shape == want.shape, "frames come out as a player shows them"
+        error = np.abs(got.astype(int) - want).mean()
+        assert error < 4 and error < 0.2 * np.abs(np.rot90(want, 2).astype(int) - want).mean(), error
+    assert source.rotation % 360 == rotation % 360
+
+
+def test_relative_file_name_with_a_colon_is_a_file_not_a_protocol(tmp_path, monkeypatch):
+    clip = write_rotated_clip(tmp_path / "clip:1.mp4", clip_frames(shared_path(CLIP), 2), 0)
+    monkeypatch.chdir(tmp_path)
+    source = open_source(clip.name)
+    source.open()
+    try:
+        assert len(list(source.frames(threading.Event()))) == 2 and source.name == "clip:1.mp4"
+    finally:
+        source.close()
+
+
+def test_rotated_phone_clip_streams_upright_with_the_face_hidden(capsys, tmp_path, face):
+    """Detection sees the upright face, and the sink (files, pipes and network streams may carry no
+    display matrix) gets upright frames with no rotation left to apply."""
+    upright = clip_frames(shared_path(CLIP), 10)
+    clip = write_rotated_clip(tmp_path / "phone.mp4", upright, -90)
+    out = tmp_path / "out.mp4"
+    code, err = run_cli(capsys, clip, out, "--latency", "lossless", "--report-every", "0")
+    assert code == 0, err
+    frames = decode(out)
+    assert len(frames) == len(upright), err
+    assert {(f.rotation, f.width, f.height) for f in frames} == {(0, WIDTH, HEIGHT)}
+    images = [f.to_ndarray(format="rgb24") for f in frames]
+    assert_face_hidden(images, face)  # the face's box in the upright picture
+    from streamanon.config import ReplaceConfig
+    from streamanon.faces.detect import CenterFaceDetector
+    from streamanon.replace import hide_ellipse
+
+    # Away from the hidden ellipse (grown by 10 % for the tracker's smoothing) the picture is the source's.
+    x1, y1, x2, y2 = hide_ellipse(CenterFaceDetector()(upright[5]).boxes[0], ReplaceConfig().margin)
+    pad_x, pad_y = 0.1 * (x2 - x1), 0.1 * (y2 - y1)
+    away = np.ones((HEIGHT, WIDTH), bool)
+    away[max(0, int(y1 - pad_y)) : int(y2 + pad_y), max(0, int(x1 - pad_x)) : int(x2 + pad_x)] = False
+    assert away.mean() > 0.3, "the test needs picture away from the face"
+    error = np.abs(images[5].astype(int) - upright[5])[away].mean()
+    assert error < 4, f"the rest of the picture is upright and unchanged (mean error {error:.1f})"
+
+
 # -- end to end ------------------------------------------------------------------------------
 def test_udp_stream_is_anonymized_with_latency_report(capsys, tmp_path, face):
     out = tmp_path / "udp.mp4"
@@ -496,7 +574,8 @@ from streamanon.live.sinks import PreviewSink
 sink = PreviewSink()
 for i in range(5):
     sink.write(np.full((48, 64, 3), 40 * i, np.uint8), i / 25)
-print(sink._backend, cv2.getWindowProperty(PreviewSink.WINDOW, cv2.WND_PROP_VISIBLE) if sink._backend == "opencv" else 1)
+visible = cv2.getWindowProperty(PreviewSink.WINDOW, cv2.WND_PROP_VISIBLE) if sink._backend == "opencv" else 1
+print(sink._backend, visible)
 sink.close()
 """
 

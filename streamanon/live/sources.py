@@ -1,6 +1,8 @@
 """Live frame sources: cameras, network streams, a video file played as a feed, raw frames on stdin.
 
-Every source decodes to RGB ``uint8`` images and says when each frame was taken (its own
+Every source decodes to RGB ``uint8`` images, upright as a player shows them (a phone clip's
+display rotation is applied, so detection sees upright faces and sinks, which may not carry a
+display matrix, get the picture the right way up), and says when each frame was taken (its own
 clock, when it has one). A source only reads; reconnecting, pacing the queue and timing
 are the runner's job. Transient trouble (a stall, a dropped connection, a refused connect)
 raises :class:`SourceError`, which the runner answers by reconnecting; a problem that no
@@ -31,6 +33,7 @@ import av
 import numpy as np
 
 from ..errors import UserError
+from ..io.video import to_display
 from .raw import RAW_PIX_FMTS, check_raw_format, frame_bytes, raw_to_rgb
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,22 @@ def _to_rgb(decoded: av.VideoFrame) -> np.ndarray:
     return decoded.reformat(**options).to_ndarray()
 
 
+def _quarter_turns(degrees: float) -> int:
+    """``degrees`` (counter-clockwise, as PyAV's ``VideoFrame.rotation``) to the nearest multiple of 90 in
+    (-180, 180]."""
+    value = (round(float(degrees) / 90) * 90) % 360
+    return value - 360 if value > 180 else value
+
+
+def _tag_rotation(stream: av.VideoStream) -> int:
+    """A legacy ``rotate`` tag (clockwise degrees) in PyAV's counter-clockwise sense; 0 without one."""
+    tag = stream.metadata.get("rotate")
+    try:
+        return _quarter_turns(-float(tag)) if tag else 0
+    except ValueError:
+        return 0
+
+
 class AVSource(Source):
     """Anything FFmpeg can open: network URLs, V4L2 cameras, other capture devices, video files.
 
@@ -127,6 +146,9 @@ class AVSource(Source):
         self.stall_timeout = stall_timeout
         self.open_timeout = open_timeout
         self.damaged_packets = 0
+        self.rotation = 0  # display rotation of the last frame (degrees counter-clockwise), undone on decode
+        self._tag_rotation = 0
+        self._odd_rotation_warned = False
         self._container: av.container.InputContainer | None = None
         self._opened_before = False
 
@@ -161,6 +183,7 @@ class AVSource(Source):
         # A recording behind a URL (an MP4 over HTTP) has a duration; a live feed has none. It is
         # played at its own rate like a local file, and its end is the end (a reconnect would replay it).
         self.finite = bool(container.duration)
+        self._tag_rotation = _tag_rotation(stream)
         self._container = container
         self._opened_before = True
         log.info("opened %s: %dx%d %s at %s fps", self.name, stream.codec_context.width,
@@ -198,7 +221,7 @@ class AVSource(Source):
                         if wait > 0 and stop.wait(wait):
                             return
                     last_frame = time.monotonic()
-                    yield _to_rgb(frame), seconds
+                    yield self._upright(frame), seconds
         except av.ExitError:
             # PyAV's read timeout. Frames still inside the decoder (B-frame delay) are complete: keep them.
             yield from self._drain(stream)
@@ -213,7 +236,24 @@ class AVSource(Source):
         except (av.FFmpegError, ValueError):
             return
         for frame in frames:
-            yield _to_rgb(frame), (float(frame.time) if frame.time is not None else None)
+            yield self._upright(frame), (float(frame.time) if frame.time is not None else None)
+
+    def _upright(self, frame: av.VideoFrame) -> np.ndarray:
+        """The frame as RGB, turned the way a player shows it (the display matrix each decoded frame
+        carries, else the stream's legacy ``rotate`` tag), like ``streamanon file`` does for detection.
+        The output then holds upright frames and no rotation: raw pipes and network streams carry none."""
+        degrees = getattr(frame, "rotation", 0) or self._tag_rotation
+        rotation = _quarter_turns(degrees)
+        off = (rotation - degrees) % 360
+        if min(off, 360 - off) > 0.5 and not self._odd_rotation_warned:
+            log.warning("%s: display rotation of %g degrees is not a multiple of 90; turning the frames by %d",
+                        self.name, degrees, rotation)  # fmt: skip
+            self._odd_rotation_warned = True
+        if rotation != self.rotation:
+            log.info("%s: frames are displayed rotated by %d degrees; turned upright", self.name, rotation)
+            self.rotation = rotation
+        image = _to_rgb(frame)
+        return to_display(image, rotation) if rotation else image
 
     def close(self) -> None:
         container, self._container = self._container, None
@@ -368,7 +408,9 @@ def open_source(spec: str, settings: SourceSettings | None = None) -> Source:
         raise UserError(f"source not found: {spec}")
     if path.is_dir():
         raise UserError(f"source is a folder, not a video or a stream: {spec}")
-    return AVSource(str(path), name=str(path), options=dict(settings.options), live=False, paced=True, **common)
+    # Absolute: FFmpeg would read the text before a colon of a relative name (clip:1.mp4) as a protocol.
+    return AVSource(str(path.absolute()), name=str(path), options=dict(settings.options), live=False, paced=True,
+                    **common)  # fmt: skip
 
 
 def _only_for_cameras(settings: SourceSettings, spec: str) -> None:
