@@ -229,3 +229,54 @@ def _without_weights(original, models, tmp_path) -> dict:
             else:
                 os.environ[k] = v
     return report["realism"]["fid"]
+
+
+def test_eval_output_paths_are_checked_before_evaluating(tmp_path, capsys):
+    """A --json/--report path that cannot be written fails in one line before any model loads or frame
+    is read (the inputs here are not even videos: evaluating them first would fail differently)."""
+    import os
+
+    from streamanon.cli import main
+
+    original, anonymized = tmp_path / "original.mkv", tmp_path / "anonymized.mkv"
+    original.write_bytes(b"not a video")
+    anonymized.write_bytes(b"not a video either")
+    missing = tmp_path / "missing_dir"
+    cases = [
+        (["--json", missing / "x.json"], "output folder does not exist"),
+        (["--report", missing / "x.html"], "output folder does not exist"),
+        (["--report", original], "would overwrite the input"),
+        (["--json", tmp_path / "x.json", "--report", tmp_path / "x.json"], "name the same file"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        cases.append((["--json", locked / "x.json"], "not writable"))
+    for extra, message in cases:
+        code = main(["eval", str(original), str(anonymized), *map(str, extra), "-q"])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err, (extra, err)
+        assert err.count("\n") == 1 and "internal error" not in err, err
+    # A folder given as the file is refused by the command line itself.
+    code = main(["eval", str(original), str(anonymized), "--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a directory" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "locked") == ["anonymized.mkv", "original.mkv"]
+    assert original.read_bytes() == b"not a video"
+
+
+def test_eval_outputs_are_written_atomically(tmp_path):
+    from streamanon.metrics.cli import _write_atomically
+
+    target = tmp_path / "eval.json"
+    target.write_text("previous run\n")
+
+    def fails_midway(tmp: Path) -> None:
+        tmp.write_text('{"half": ')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="cannot write .*No space left"):
+        _write_atomically(target, fails_midway)
+    assert target.read_text() == "previous run\n" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    _write_atomically(target, lambda tmp: tmp.write_text("{}\n"))
+    assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]

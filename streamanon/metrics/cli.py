@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -26,9 +28,8 @@ def _parse_baselines(value: str | None) -> list[str]:
 def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
     """Anonymize ``original`` with the pipeline in ``mode``; return the output path."""
     from ..config import load_config
-    from ..pipeline import anonymize_file
-
     from ..io.images import is_image_path
+    from ..pipeline import anonymize_file
 
     if original.is_dir():
         dst = workdir / mode
@@ -47,7 +48,8 @@ def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write an HTML report (radar plot, leaks, worst faces).")
-@click.option("--baselines", default=None, help="Comma-separated modes to run on ORIGINAL and add as rows, e.g. blur,pixelate.")
+@click.option("--baselines", default=None,
+              help="Comma-separated modes to run on ORIGINAL and add as rows, e.g. blur,pixelate.")  # fmt: skip
 @click.option("--max-frames", type=click.IntRange(1, None), default=None, help="Evaluate only the first N frames.")
 @click.option("--threshold", type=click.FloatRange(0.01, 0.99), default=0.4, show_default=True,
               help="CenterFace score threshold for faces of the original.")
@@ -70,6 +72,8 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
     from .evaluate import EvalOptions, Models
 
     modes = _parse_baselines(baselines)
+    # The evaluation takes minutes: a path that cannot be written must fail before it, not after.
+    _check_outputs({"--json": json_path, "--report": report_path}, (original, anonymized))
     options = EvalOptions(
         detect_threshold=threshold, max_frames=max_frames, hog=not no_hog,
         emotion_weights=emotion_weights, inception_weights=inception_weights,
@@ -92,15 +96,58 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
                 thumbs.append(worst)
     document = rep.build_document(rows)
     if json_path is not None:
-        rep.write_json(document, json_path)
+        _write_atomically(json_path, lambda tmp: rep.write_json(document, tmp))
     if report_path is not None:
-        Path(report_path).write_text(rep.render_html(document, thumbs), encoding="utf-8")
+        html = rep.render_html(document, thumbs)
+        _write_atomically(report_path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     if not quiet:
         click.echo(rep.console_table(rows))
         notes = dict.fromkeys(note for r in rows for note in r.get("notes", []))  # each once, in order
         for note in notes:
             click.echo(f"note: {note}", err=True)
     sys.stdout.flush()
+
+
+def _check_outputs(outputs: dict[str, Path | None], inputs: tuple[Path, ...]) -> None:
+    """One-line :class:`UserError` for an output file that could not be written: its folder is
+    missing or not writable, it is a folder, it is one of the inputs, or two options name the same file."""
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{option} needs a file name, not a folder: {path}")
+        resolved = path.resolve()
+        for source in inputs:
+            if resolved == Path(source).resolve() or (path.exists() and _same_file(path, Path(source))):
+                raise UserError(f"{option} would overwrite the input {source}: give another file name")
+        if resolved in seen:
+            raise UserError(f"{seen[resolved]} and {option} name the same file: {path}")
+        seen[resolved] = option
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise UserError(f"{option}: output folder does not exist: {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{option}: output folder is not writable: {parent}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and other aliases
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` into a hidden file next to ``path``, renamed onto it only when complete."""
+    from ..io.paths import atomic_output
+
+    try:
+        with atomic_output(Path(path)) as tmp:
+            write(tmp)
+    except OSError as exc:  # e.g. the disk filled up; the partial file is already removed
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _evaluate(original: Path, anonymized: Path, options, models, show_progress: bool):
