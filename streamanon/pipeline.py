@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -400,17 +401,43 @@ def _anonymize_folder(
     if not items:
         raise UserError(f"no images found in folder {src}")
     bar = _progress_bar(len(items), "images", progress)
-    for relative, path in items:
-        anonymizer.reset()  # photos of a folder are unrelated: no tracking across them
-        target = dst / relative
-        if target.exists() and not overwrite:
-            raise UserError(f"output exists: {target} (use --overwrite to replace it)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image, stats = anonymizer.process_frame(Frame(read_image(path), 0))
-        write_image(target, image)
-        summary.add(stats)
-        _advance(bar, summary)
-    _close(bar)
+    failed: list[Path] = []
+    try:
+        for relative, path in items:
+            anonymizer.reset()  # photos of a folder are unrelated: no tracking across them
+            target = dst / relative
+            try:
+                if target.exists() and not overwrite:
+                    raise UserError(f"output exists: {target} (use --overwrite to replace it)")
+                image, stats = anonymizer.process_frame(Frame(read_image(path), 0))
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise UserError(f"cannot create folder {target.parent}: {exc.strerror or exc}") from None
+                write_image(target, image)  # atomic: a failure leaves nothing at target
+            except UserError as exc:
+                # One broken or unreadable photo must not cost the rest of the folder: say so, go on.
+                failed.append(path)
+                what = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                _report_skipped(bar, f"streamanon: skipped: {what}")
+            else:
+                summary.add(stats)
+            _advance(bar, summary)
+    finally:
+        _close(bar)
+    if failed:
+        done = len(items) - len(failed)
+        raise UserError(
+            f"{len(failed)} of {len(items)} images failed (each named above), {done} anonymized into {dst}"
+        )
+
+
+def _report_skipped(bar, line: str) -> None:
+    """One line on stderr, above the progress bar when there is one."""
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _anonymize_video(

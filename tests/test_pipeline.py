@@ -9,14 +9,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from streamanon import Anonymizer, AnonymizerConfig, anonymize_file, load_config
+from streamanon.config import ReplaceConfig
 from streamanon.errors import ModelUnavailable, UserError
 from streamanon.faces.detect import CenterFaceDetector, box_iou
 from streamanon.faces.embed import FaceEmbedder
 from streamanon.faces.landmarks import LandmarkPredictor
-from streamanon.config import ReplaceConfig
 from streamanon.replace import hide_face
 from streamanon.types import Detections, Frame
 
@@ -255,3 +255,104 @@ def test_torch_detector_takes_each_full_pass_frame_uploaded_once():
 def test_detect_every_must_be_a_positive_whole_number(bad):
     with pytest.raises(UserError, match="detect.every"):
         load_config(overrides={"detect.every": bad})
+
+
+def _animation(ext: str, frames: list[np.ndarray]) -> bytes:
+    """An animated WebP or PNG made by OpenCV itself (4.11 and later)."""
+    import cv2
+
+    if not hasattr(cv2, "imencodeanimation"):
+        pytest.skip(f"OpenCV {cv2.__version__} cannot write animations")
+    animation = cv2.Animation()
+    animation.frames = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]
+    animation.durations = [100] * len(frames)
+    ok, data = cv2.imencodeanimation(ext, animation)
+    assert ok
+    return data.tobytes()
+
+
+def _multipage_tiff(frames: list[np.ndarray]) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencodemulti(".tiff", [np.ascontiguousarray(f[:, :, ::-1]) for f in frames])
+    assert ok
+    return data.tobytes()
+
+
+def _face_crops() -> list[np.ndarray]:
+    """Three small real photos: crops of the shared group photo, each with faces."""
+    from streamanon.io.images import read_image
+
+    photo = read_image(shared_path("images/multiface.jpg"))
+    return [np.ascontiguousarray(photo[:, i * 400 : (i + 1) * 400]) for i in range(3)]
+
+
+def test_folder_goes_on_past_broken_images_and_fails_at_the_end(tmp_path, capsys):
+    """A broken file costs only itself: every other image is anonymized, each failure is one line on
+    stderr, the exit status is 1, and nothing (not even a partial file) is written for a broken one."""
+    from streamanon.cli import main
+    from streamanon.io.images import read_image, write_image
+
+    crops = _face_crops()
+    src, dst = tmp_path / "photos", tmp_path / "anon"
+    (src / "sub").mkdir(parents=True)
+    write_image(src / "a.jpg", crops[0])
+    (src / "sub" / "x.jpg").write_text("not a picture\n")  # unreadable, sorted between the good ones
+    (src / "sub" / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated after the signature
+    write_image(src / "sub" / "z.png", crops[1])
+    (src / "zz.tif").write_bytes(_multipage_tiff(crops[:2]))  # refused: its second page would be lost
+    code = main(["file", str(src), str(dst), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    broken = ("sub/x.jpg", "sub/y.png", "zz.tif")
+    assert len(lines) == len(broken) + 1, err
+    for name, line in zip(broken, lines):
+        assert line.startswith("streamanon: skipped") and str(src / name) in line, line
+    assert "3 of 5 images failed" in lines[-1] and "Traceback" not in err
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["a.jpg", "sub", "sub/z.png"]
+    for name, crop in (("a.jpg", crops[0]), ("sub/z.png", crops[1])):
+        faces = CenterFaceDetector(threshold=0.5)(crop).boxes
+        assert len(faces) >= 1, name
+        out = read_image(dst / name)
+        x1, y1, x2, y2 = (int(v) for v in faces[0])
+        change = np.abs(out[y1:y2, x1:x2].astype(int) - crop[y1:y2, x1:x2]).mean()
+        assert change > 5, f"{name}: the face is not hidden ({change:.1f})"
+
+
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png", "pages.tif"])
+def test_multi_frame_images_are_refused_not_cut_to_their_first_frame(tmp_path, capsys, name):
+    from streamanon.cli import main
+    from streamanon.io.images import read_image, write_image
+
+    crops = _face_crops()
+    src = tmp_path / name
+    src.write_bytes(_multipage_tiff(crops) if name.endswith(".tif") else _animation(src.suffix, crops))
+    dst = tmp_path / f"out{src.suffix}"
+    code = main(["file", str(src), str(dst), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    what = "3 pages" if name.endswith(".tif") else "3 frames"
+    assert what in err and ("video" in err or "one file per page" in err), err
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    # A still image of each format still works.
+    still = tmp_path / f"still{src.suffix}"
+    write_image(still, crops[0])
+    assert anonymize_file(still, tmp_path / f"still_out{src.suffix}").faces >= 1
+    assert read_image(tmp_path / f"still_out{src.suffix}").shape == crops[0].shape
+
+
+def test_animated_gif_is_still_anonymized_as_a_video(tmp_path):
+    crops = _face_crops()
+    src, dst = tmp_path / "anim.gif", tmp_path / "anim_anon.mp4"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("gif", rate=10)
+        stream.width, stream.height, stream.pix_fmt = crops[0].shape[1], crops[0].shape[0], "rgb8"
+        for index, crop in enumerate(crops):
+            frame = av.VideoFrame.from_ndarray(crop, format="rgb24").reformat(format="rgb8")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    summary = anonymize_file(src, dst)
+    assert summary.frames == len(crops) and summary.faces >= len(crops)
+    assert len(decode_rgb(dst)) == len(crops)
