@@ -16,17 +16,22 @@ Commands:
   ``train emotion``: the emotion classifier used by ``eval`` (:mod:`streamanon.train.emotion`).
 
 Every failure reaches the user as one line on stderr and a non-zero exit code:
-1 for a problem with the input or environment, 2 for a bad command line, 130 for Ctrl-C.
+1 for a problem with the input or environment, 2 for a bad command line, 130 for Ctrl-C,
+143 for SIGTERM and 129 for SIGHUP during ``file`` (which then leaves no partial output).
 Set ``STREAMANON_DEBUG=1`` to get full tracebacks instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -36,7 +41,56 @@ from .errors import UserError
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C (temporary outputs deleted on the way).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"{self.name} received")
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while the block runs.
+
+    Their default action kills the process at once, leaving ``atomic_output``'s hidden
+    temporary file behind; raised as an exception they unwind the way Ctrl-C does. Only
+    signals still at their default action are taken: one ignored by the caller (``nohup``
+    ignores SIGHUP) or handled by an embedding application keeps its handler. Handlers can
+    only be installed from the main thread. Once one signal was turned into the exception,
+    further ones are ignored, so that they cannot interrupt the clean-up; SIGKILL still ends
+    the process at once. ``streamanon stream`` installs its own handlers (it finishes its
+    output instead), so this is used by ``file`` only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGHUP")
+    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    raised: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in signals:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def pipeline_options(command):
@@ -142,10 +196,11 @@ def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, 
     from .pipeline import anonymize_file
 
     config = config_from_options(opts)
-    summary = anonymize_file(
-        src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(),
-        drop_unsupported=drop_unsupported,
-    )
+    with _terminate_cleanly():
+        summary = anonymize_file(
+            src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(),
+            drop_unsupported=drop_unsupported,
+        )
     if not quiet:
         click.echo(f"streamanon: {summary.line()}", err=True)
 
@@ -207,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("streamanon: interrupted; no output was written", err=True)
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        # 128 + the signal number, as for Ctrl-C (130 = 128 + SIGINT) and as a shell reports a
+        # process the signal killed: supervisors that look for 143 after a SIGTERM still see it.
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            click.echo(f"streamanon: {exc.name} received; stopped, no partial output was left", err=True)
+        return 128 + exc.signum
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if debug:
             raise

@@ -581,3 +581,152 @@ def test_transcode_decodes_and_encodes_on_their_own_threads(tmp_path, small_clip
     transcode(small_clip, tmp_path / "out.mp4", look, FAST)
     assert {"streamanon-decode", "streamanon-encode"} <= names
     assert not any(t.name.startswith("streamanon-") for t in threading.enumerate())  # both stopped after
+
+
+# -- robustness: signals, colons in file names, odd rotations -----------------------------
+def _start_file_command(src: Path, dst: Path, **popen) -> subprocess.Popen:
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("STREAMANON_DEBUG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamanon", "file", str(src), str(dst), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen,
+    )  # fmt: skip
+
+
+def _wait_for_partial(process: subprocess.Popen, folder: Path, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not leftovers(folder):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the output was never started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside the frame loop (the whole clip takes many seconds)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_file_command_stopped_by_signal_leaves_no_partial_output(tmp_path, signame):
+    """SIGTERM / SIGHUP end ``streamanon file`` like Ctrl-C: temporary file gone, one line, 128 + signal."""
+    import signal
+
+    src = shared_path("videos/talking_512_katiehill.mp4")
+    out = tmp_path / "out"
+    out.mkdir()
+    process = _start_file_command(src, out / "anon.mp4")
+    try:
+        _wait_for_partial(process, out)
+        sig = getattr(signal, signame)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + sig, stderr
+    assert list(out.iterdir()) == []  # neither the output nor its hidden .partial file
+    assert stderr.strip().splitlines() == [f"streamanon: {signame} received; stopped, no partial output was left"]
+
+
+def test_file_command_keeps_an_ignored_sighup_ignored(tmp_path):
+    """Under ``nohup`` (SIGHUP ignored) a hang-up does not stop the job; SIGTERM still ends it cleanly."""
+    import signal
+    import time
+
+    src = shared_path("videos/talking_512_katiehill.mp4")
+    out = tmp_path / "out"
+    out.mkdir()
+    ignore_hangups = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - what nohup does
+    process = _start_file_command(src, out / "anon.mp4", preexec_fn=ignore_hangups)
+    try:
+        _wait_for_partial(process, out)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert process.poll() is None  # still working (the clip takes far longer than this)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "out_name"), [("clip:1.mp4", "out:1.mkv"), ("d:x/clip.mp4", "d:x/anon.mp4")])
+def test_relative_paths_with_a_colon_are_local_files(tmp_path, monkeypatch, name, out_name):
+    """FFmpeg must not read ``clip`` in ``clip:1.mp4`` as a protocol, neither reading nor writing."""
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    make_clip(tmp_path / name, [i * 40 for i in range(5)])
+    monkeypatch.chdir(tmp_path)
+    result = transcode(Path(name), Path(out_name), lambda f: f.image, FAST)
+    assert result.frames == 5
+    assert (tmp_path / out_name).is_file()
+    assert leftovers((tmp_path / out_name).parent) == []
+    assert frame_times(Path(out_name)) == frame_times(Path(name))  # VideoReader: relative, with a colon
+
+
+def _rotated_clip(path: Path, degrees: int, frames: int = 5) -> None:
+    """A few real frames of a talking face whose display matrix turns them by ``degrees``."""
+    with av.open(str(shared_path("videos/talking_512_katiehill.mp4"))) as source:
+        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(frames), source.decode(video=0))]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def test_display_rotation_not_a_quarter_turn_rounds_to_the_nearest(tmp_path):
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    for rotation, turns in [(45, 0), (-45, 0), (30, 0), (60, 1), (135, 2), (-135, 2), (-100, 3), (170, 2)]:
+        assert np.array_equal(to_display(image, rotation), np.rot90(image, turns)), rotation
+        assert np.array_equal(from_display(to_display(image, rotation), rotation), image), rotation
+
+
+def test_file_command_on_a_45_degree_rotated_video(tmp_path):
+    """A display matrix at 45 degrees is processed (faces hidden) and kept exactly on the output."""
+    from streamanon.cli import main
+
+    src, dst = tmp_path / "rot45.mp4", tmp_path / "anon.mp4"
+    _rotated_clip(src, 45)
+    assert main(["file", str(src), str(dst), "-q", "--mode", "solid"]) == 0
+    with VideoReader(src) as a, VideoReader(dst) as b:
+        assert a.rotation == b.rotation == 45
+        assert b.display_matrix == a.display_matrix
+        assert (b.width, b.height) == (a.width, a.height)
+        before, after = [f.image.astype(int) for f in a], [f.image.astype(int) for f in b]
+    assert len(after) == len(before) == 5
+    for x, y in zip(before, after):
+        changed = np.abs(x - y).max(axis=-1) > 40
+        assert 0.05 < changed.mean() < 0.95  # the (large) face was hidden, the rest of the picture kept
+
+
+@pytest.mark.parametrize("ext", [".avi", ".asf", ".mxf"])
+def test_b_frames_in_containers_with_decode_order_timestamps(tmp_path, ext):
+    """AVI/ASF/MXF stamp packets in decode order: reordered H.264 frames still get rising, even times."""
+    src, dst = tmp_path / f"bframes{ext}", tmp_path / "out.mp4"
+    width, height = 64, 48
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"bf": "2", "preset": "ultrafast", "crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(10):
+            image = np.stack([128 + 80 * np.sin(xx / 9 + i), 128 + 80 * np.cos(yy / 7 - i), xx * 0 + 20 * i], -1)
+            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(src)) as probe:  # the premise: FFmpeg's own frame pts go back and forth
+        shown = [f.pts for f in probe.decode(video=0)]
+    assert shown != sorted(shown)
+    transcode(src, dst, lambda f: f.image, FAST)
+    assert frame_times(dst) == [Fraction(i, 25) for i in range(10)]
+    with VideoReader(src) as a, VideoReader(dst) as b:
+        for x, y in zip(a, b):  # same pictures in the same order
+            assert psnr(x.image, y.image) > 35

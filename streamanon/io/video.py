@@ -50,6 +50,7 @@ Guarantees and choices
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import logging
 import math
@@ -96,10 +97,24 @@ _COMMON_VIDEO_ENCODERS = (
 )  # fmt: skip
 
 
+_WARNED_ROTATION: set[Path] = set()  # inputs already warned about a rotation that is no quarter turn
+
+
 def _describe(exc: BaseException) -> str:
     # FFmpeg errors carry "[Errno -1094995529] ... 'path'"; the strerror part is the useful bit.
     text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # one line, whatever FFmpeg put in the message
+
+
+def _local_url(path: str | Path) -> str:
+    """``path`` as FFmpeg must be given a local file: absolute.
+
+    FFmpeg reads the text before a colon as a protocol, so a relative ``clip:1.mp4`` fails with
+    "Protocol not found" (and ``http:x.mp4`` would even be fetched). An absolute path starts with
+    ``/`` (or a drive letter, which FFmpeg knows), which no protocol name can contain. Only local
+    files come here; URLs go to :mod:`streamanon.live`, which opens them itself.
+    """
+    return str(Path(path).absolute())
 
 
 def _normalize_degrees(degrees: float) -> int:
@@ -117,7 +132,7 @@ class VideoReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._container = av.open(str(self.path), mode="r")
+            self._container = av.open(_local_url(self.path), mode="r")
         except FileNotFoundError:
             raise UserError(f"input not found: {self.path}") from None
         except IsADirectoryError:
@@ -246,7 +261,7 @@ class VideoReader:
             return
         self._probed = True
         try:
-            with av.open(str(self.path)) as probe:
+            with av.open(_local_url(self.path)) as probe:
                 stream = probe.streams[self._stream.index]
                 for frame in probe.decode(stream):
                     for side_data in frame.side_data:
@@ -260,15 +275,24 @@ class VideoReader:
             tag = self._stream.metadata.get("rotate")
             with contextlib.suppress(ValueError):
                 self._rotation = _normalize_degrees(-float(tag)) if tag else 0
+        if self._rotation % 90 and self.path not in _WARNED_ROTATION:
+            _WARNED_ROTATION.add(self.path)  # once per file, however often it is opened
+            log.warning(
+                "%s: players rotate this video by %d degrees, not a multiple of 90; it is turned by the "
+                "nearest quarter turn (%d degrees) for face detection, so faces may look tilted by up to 45 "
+                "degrees to the detector; the output keeps the input's exact rotation",
+                self.path, self._rotation, _normalize_degrees(_quarter_turns(self._rotation) * 90),
+            )  # fmt: skip
 
     # -- decoding -------------------------------------------------------------------
-    def _frame(self, decoded: av.VideoFrame, index: int) -> Frame:
+    def _frame(self, decoded: av.VideoFrame, index: int, pts: int | None = None) -> Frame:
         options: dict = {"format": "rgb24"}
         if decoded.color_range == _COLOR_RANGE_JPEG:
             # swscale treats untagged YUV as limited range; full-range input must say so.
             options["src_color_range"] = _COLOR_RANGE_JPEG
         image = decoded.reformat(**options).to_ndarray()
-        pts = decoded.pts if decoded.pts is not None else decoded.dts
+        if pts is None:
+            pts = decoded.pts if decoded.pts is not None else decoded.dts
         return Frame(image=image, index=index, pts=pts, time_base=self.time_base)
 
     def _claim(self) -> None:
@@ -289,13 +313,52 @@ class VideoReader:
         """
         return self._iter(demux_all=True)
 
+    def _timestamps_in_decode_order(self, packets: int = 48) -> bool:
+        """Whether the container stamps video packets in decode order although frames are reordered.
+
+        AVI, ASF and MXF cannot say when a frame is shown: they time packets as stored, and FFmpeg
+        guesses pts from that, so H.264/MPEG-4 with B-frames decodes to frames whose pts jump back
+        and forth. Checked on the first ``packets`` packets from a second handle, and only true when
+        all three hold: the decoder reorders, packet pts rise strictly in decode order (never so in
+        a correctly stamped B-frame stream) and the decoded frames' pts do not. A file for which
+        this is true would have wrong output timing otherwise; every other file is left alone.
+        """
+        if not self._stream.codec_context.has_b_frames:
+            return False
+        try:
+            with av.open(_local_url(self.path)) as probe:
+                stream = probe.streams[self._stream.index]
+                fed: list[int] = []
+                shown: list[int] = []
+                for packet in probe.demux(stream):
+                    if packet.size:
+                        if packet.pts is None or packet.dts is None or (fed and packet.pts <= fed[-1]):
+                            return False
+                        fed.append(packet.pts)
+                    shown += [f.pts for f in packet.decode() if f.pts is not None]
+                    if len(fed) >= packets:
+                        break
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            log.debug("timestamp probe of %s failed: %s", self.path, exc)
+            return False
+        return any(b < a for a, b in zip(shown, shown[1:]))
+
     def _iter(self, demux_all: bool) -> Iterator[Frame | av.Packet]:
         self._claim()
         index = 0
+        # Decode-order timestamps (see _timestamps_in_decode_order): the decoder gives frames in
+        # presentation order, so the n-th frame out is shown at the smallest timestamp of the
+        # packets fed so far that no earlier frame took. That is the packets' dts, the time the
+        # container stored (their pts is FFmpeg's guess, dts plus the reorder delay).
+        reorder: list[int] | None = [] if self._timestamps_in_decode_order() else None
+        if reorder is not None:
+            log.info("%s: video timestamps are in decode order; reordering them", self.path)
         streams = () if demux_all else (self._stream,)
         try:
             for packet in self._container.demux(*streams):
                 if packet.stream.index == self._stream.index:
+                    if reorder is not None and packet.size and packet.dts is not None:
+                        heapq.heappush(reorder, packet.dts)
                     try:
                         decoded_frames = packet.decode()
                     except av.InvalidDataError as exc:
@@ -307,7 +370,7 @@ class VideoReader:
                         )
                         continue
                     for decoded in decoded_frames:
-                        yield self._frame(decoded, index)
+                        yield self._frame(decoded, index, heapq.heappop(reorder) if reorder else None)
                         index += 1
                 elif packet.size or packet.dts is not None or packet.pts is not None:
                     yield packet
@@ -442,7 +505,9 @@ class VideoWriter:
         tmp = self._stack.enter_context(atomic_output(self.path))
         try:
             try:
-                self._container = av.open(str(tmp), mode="w", container_options=_container_options(self.path))
+                self._container = av.open(
+                    _local_url(tmp), mode="w", container_options=_container_options(self.path)
+                )
             except (av.FFmpegError, ValueError, OSError) as exc:
                 raise UserError(f"cannot write video to {self.path}: {_describe(exc)}") from None
             self._setup(template)
@@ -489,7 +554,9 @@ class VideoWriter:
             log.warning("not copying %s: %s", what, reason)
             self.dropped_streams.append(what)
             return
-        raise UserError(f"cannot copy {what} of the input: {reason} (or pass --drop-unsupported-streams to leave it out)")
+        raise UserError(
+            f"cannot copy {what} of the input: {reason} (or pass --drop-unsupported-streams to leave it out)"
+        )
 
     def _add_video(self, template: VideoReader) -> av.VideoStream:
         encode = self.encode
@@ -745,7 +812,11 @@ def transcode(
 
 
 def to_display(image: np.ndarray, rotation: int) -> np.ndarray:
-    """Turn a frame as coded into the upright view a player shows (``rotation`` from :attr:`VideoReader.rotation`)."""
+    """Turn a frame as coded into the upright view a player shows (``rotation`` from :attr:`VideoReader.rotation`).
+
+    A ``rotation`` that is not a multiple of 90 degrees is rounded to the nearest quarter turn
+    (ties to the even one): the image is never resampled.
+    """
     return np.ascontiguousarray(np.rot90(image, _quarter_turns(rotation)))
 
 
@@ -755,7 +826,11 @@ def from_display(image: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _quarter_turns(rotation: int) -> int:
-    turns = rotation / 90
-    if not math.isclose(turns, round(turns)):
-        raise ValueError(f"only multiples of 90 degrees are supported, got {rotation}")
-    return round(turns) % 4
+    # A rotation that is no multiple of 90 degrees (rare: some editors and screen recorders
+    # write one) goes to the nearest quarter turn, ties (45, 135) to the even one: the frame
+    # is then at most 45 degrees from how players show it. Turning by the exact angle would
+    # resample the whole picture twice (into the upright view and back) and blur every pixel,
+    # and refusing the file helps no one: its faces are in the picture whatever the display
+    # matrix says, at a tilt the detector meets in any video of tilted heads. The writer
+    # keeps the input's exact display matrix, so the output plays like the input.
+    return round(rotation / 90) % 4
