@@ -105,9 +105,12 @@ class AppearanceGenerator(nn.Module):
         cfg = self.config
         if cfg.sharpen > 0:
             channels = texture.shape[1]
-            kernel = self.sharpen_kernel.to(texture.dtype)[None, None].expand(channels, 1, -1, -1)
-            pad = kernel.shape[-1] // 2
-            blurred = F.conv2d(F.pad(texture, (pad, pad, pad, pad), mode="replicate"), kernel, groups=channels)
+            taps = self.sharpen_kernel.to(texture.dtype)
+            pad = len(taps) // 2
+            # The Gaussian is separable: a row pass, then a column pass (2k taps a pixel, not k^2).
+            blurred = F.pad(texture, (pad, pad, pad, pad), mode="replicate")
+            blurred = F.conv2d(blurred, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+            blurred = F.conv2d(blurred, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
             texture = texture + cfg.sharpen * (texture - blurred)
         if cfg.grain > 0 and cfg.grain_fields > 0:
             mix = z.float().clamp(-cfg.latent_clip, cfg.latent_clip) @ self.grain_mix.float().t()  # (B, F)
@@ -133,9 +136,8 @@ class AppearanceGenerator(nn.Module):
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised 2-D Gaussian (2r+1, 2r+1), r = ceil(3 sigma)."""
+    """Normalised 1-D Gaussian taps (2r+1,), r = ceil(3 sigma)."""
     radius = max(1, math.ceil(3.0 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
