@@ -479,6 +479,8 @@ def test_validate_writes_figures_and_a_sample_grid_and_card_reads_them(fitted, d
     assert f"re-identification {100 * worse:.1f} % (the larger of the two estimates" in text
     assert "misses" in text or "meets" in text
     assert "non-commercial research use only" in text and grid_path.name in text
+    assert "- Detail (`streamanon train detail`" in text and "(fits the detail too)" in text
+    assert "they are smooth (no skin texture)" not in text
     assert "--components 6" in text  # how to reproduce, from the fit's own options
     assert "| `talk.mp4` | 0.950 (meets >= 0.9) | 2 | 10.0 % | 0.0500 |" in text
     assert "| `old.mp4` | 0.950 (meets >= 0.9) | – | 10.0 % | 0.0500 |" in text

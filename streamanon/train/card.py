@@ -93,15 +93,18 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
     opts = fit["options"]
     counts = fit["data"]["counts"]
     guard = val["guard"]
+    detail = fit.get("detail")  # absent in fits made before the detail existed
     lines = [
         f"# {weights.name}: appearance generator ({fit['components']} components, {fit['data']['resolution']} px)",
         "",
         "The default generator of `--mode generate`: a Gaussian model of shape-free face textures whose "
         "coefficients follow the target landmarks (ridge regression) plus an identity drawn from the track's "
         "latent, rendered onto the landmarks with a thin-plate spline (`streamanon/generate/appearance.py`). "
-        "It draws new faces, not stored ones; they are smooth (no skin texture) and occasionally ghosted "
-        "(double contours around the eyes). The GAN U-Net of `streamanon/generate/model.py` has no trained "
-        "weights yet.",
+        "It draws new faces, not stored ones"
+        + ("; a fitted sharpening and skin grain give them real faces' fine detail (below), but they are "
+           "occasionally ghosted (double contours around the eyes)." if detail else
+           "; they are smooth (no skin texture) and occasionally ghosted (double contours around the eyes).")
+        + " The GAN U-Net of `streamanon/generate/model.py` has no trained weights yet.",
         "",
         "## Training",
         "",
@@ -113,8 +116,24 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
         f"{100 * fit['explained_variance']:.1f} % of the texture variance in the face region "
         f"({fit['region_pixels']} px); the landmark regression (ridge {opts['ridge']:g}) predicts "
         f"{100 * fit['shape_explained']:.1f} % of the component variance; {fit['seconds'] / 60:.1f} min on {hardware}",
+    ]
+    if detail:
+        before, after = detail["band_power_before"], detail["band_power_after"]
+        lines.append(
+            f"- Detail (`streamanon train detail`, {detail['seconds'] / 60:.1f} min): unsharp mask (Gaussian "
+            f"{detail['options']['sharpen_sigma']:g} px) of amount {detail['sharpen']:g} and a skin grain of strength "
+            f"{detail['grain']:g} ({detail['grain_amplitude_median'] * detail['grain']:.1f} grey levels, robust spread "
+            f"over the face region): {detail['options']['fields']} Gaussian random fields with the spectrum and "
+            f"amplitude of what the components leave out of {detail['residual_faces']} training faces' luminance, "
+            "mixed by the track's latent. Both strengths are matched to real faces on "
+            f"{detail['calibration_faces']} other training faces; luminance power relative to real faces "
+            "(median): "
+            + ", ".join(f"{band} cycles/px {before[band]:.2f} -> {after[band]:.2f}" for band in before)
+        )
+    lines += [
         f"- Reproduce: `streamanon train appearance --data DATA --out {weights.name} --components "
-        f"{opts['components']} --min-coverage {opts['min_coverage']:g}`",
+        f"{opts['components']} --min-coverage {opts['min_coverage']:g}`"
+        + (" (fits the detail too)" if detail else ""),
         "",
         f"## Validation ({val['faces']} held-out faces, `streamanon train validate`)",
         "",
