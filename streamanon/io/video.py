@@ -567,8 +567,10 @@ class VideoWriter:
         try:
             stream = self._container.add_stream(codec.name, rate=self._nominal_rate)
         except ValueError as exc:
+            # .mkv holds nearly every codec; suggesting .mp4 to someone already writing .mp4 helps no one.
             raise UserError(
-                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); use .mp4 or .mkv"
+                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); "
+                f"write a .mkv file or choose another --codec"
             ) from None
         ctx = stream.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = width, height, self.pix_fmt
