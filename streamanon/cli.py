@@ -11,7 +11,8 @@ Commands:
 * ``export``: build the generator's TensorRT engines once per machine
   (:mod:`streamanon.generate.export_cli`).
 * ``train prepare``, ``train run``: build the generator's training set and train the U-Net GAN;
-  ``train appearance``: fit the shipped appearance generator; ``train validate``: its acceptance
+  ``train appearance``: fit the shipped appearance generator; ``train detail``: fit its fine detail
+  (sharpening and skin grain) to real faces' spectra; ``train validate``: its acceptance
   figures on held-out faces; ``train card``: its model card (:mod:`streamanon.train.cli`);
   ``train emotion``: the emotion classifier used by ``eval`` (:mod:`streamanon.train.emotion`).
 

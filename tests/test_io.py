@@ -614,10 +614,13 @@ def test_file_command_stopped_by_signal_leaves_no_partial_output(tmp_path, signa
     src = shared_path("videos/talking_512_katiehill.mp4")
     out = tmp_path / "out"
     out.mkdir()
-    process = _start_file_command(src, out / "anon.mp4")
+    sig = getattr(signal, signame)
+    # The signal at its default action, as in a terminal: a test run under nohup (CI) ignores SIGHUP,
+    # and an ignored signal is inherited and deliberately kept (next test).
+    default_action = lambda: signal.signal(sig, signal.SIG_DFL)  # noqa: E731
+    process = _start_file_command(src, out / "anon.mp4", preexec_fn=default_action)
     try:
         _wait_for_partial(process, out)
-        sig = getattr(signal, signame)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
     finally:
