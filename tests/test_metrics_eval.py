@@ -76,6 +76,7 @@ def test_clip_against_itself(original, grid_frames, workdir, models):
     assert _mean(report, "pose_nme") == 0.0 and _mean(report, "expression_nme") == 0.0
     assert _mean(report, "delta_E") == pytest.approx(0.0, abs=1e-9)
     assert _mean(report, "si_mse") == pytest.approx(0.0, abs=1e-12)
+    assert _mean(report, "detail_ratio") == pytest.approx(1.0)
     assert _mean(report, "detected_ours") == 1.0 and _mean(report, "detected_hog") == 1.0
     assert _mean(report, "detected_hog_original") == 1.0
     if models.emotion is not None:
@@ -117,6 +118,7 @@ def test_blur_lowers_detection_and_reidentification(original, grid_frames, workd
     assert _mean(report, "reid") < 0.5
     assert _mean(report, "distance") > 0.6
     assert len(report["coverage"]["leak_frames"]) < FRAMES / 2
+    assert _mean(report, "detail_ratio") < 0.1  # the blur left no fine structure
 
 
 def test_leak_in_one_frame_is_reported_there(original, grid_frames, workdir, models):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamanon.errors import UserError
-from streamanon.metrics import color, identity, landmarks, lighting, report, stats, temporal
+from streamanon.metrics import color, detail, identity, landmarks, lighting, report, stats, temporal
 from streamanon.metrics.fid import (
     InceptionFID,
     _build_inception,
@@ -25,6 +25,25 @@ def _face_landmarks(rng: np.random.Generator) -> np.ndarray:
     pts[36] = [40, 50]
     pts[45] = [80, 50]
     return pts
+
+
+# -- fine detail ----------------------------------------------------------------------------
+def test_detail_ratio_is_one_for_the_same_face_low_when_smoothed_high_with_noise():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (64, 64, 3)), (0, 0), 1.0)  # structure at a few px
+    mask = np.zeros((64, 64), np.float32)
+    mask[8:56, 8:56] = 1.0
+    assert detail.detail_ratio(texture, texture, mask) == pytest.approx(1.0)
+    assert detail.detail_ratio(texture, cv2.GaussianBlur(texture, (0, 0), 3.0), mask) < 0.1
+    assert detail.detail_ratio(texture, texture + rng.normal(0, 30, texture.shape), mask) > 1.2
+    # Only the inside counts: what lies beyond the (eroded) mask may change freely.
+    outside = texture.copy()
+    outside[:8] = 0
+    assert detail.detail_ratio(texture, outside, mask) == pytest.approx(1.0, abs=0.01)  # the filters' reach
+    assert np.isnan(detail.detail_ratio(texture, texture, np.zeros((64, 64), np.float32)))  # no face region
+    assert np.isnan(detail.detail_ratio(np.full((64, 64, 3), 9.0), texture, mask))  # a flat original
 
 
 # -- lighting -------------------------------------------------------------------------------

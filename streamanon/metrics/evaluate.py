@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import ModelUnavailable, UserError
-from . import color, identity, landmarks as lmk, lighting, regions, temporal
+from . import color, detail, identity, landmarks as lmk, lighting, regions, temporal
 from .fid import fid_between, find_inception_weights, frechet_distance_features
 from .stats import finite_or_none, group_by, summarize, summarize_records
 
@@ -49,6 +49,7 @@ FACE_METRICS = (
     "delta_L",
     "delta_C",
     "delta_E",
+    "detail_ratio",
 )
 THUMB_SIZE = 96
 HOG_UPSAMPLE_MAX_SIDE = 1000  # frames up to this long side get HOG with one 2x upsampling
@@ -400,6 +401,7 @@ class ClipEvaluator:
         albedo, shading = lighting.shading_maps(np.stack([crop_o, crop_a]))
         record["si_l2_shading"] = lighting.si_l2(shading[0], shading[1], mask)
         record.update(color.albedo_color_differences(albedo[0], albedo[1], mask))
+        record["detail_ratio"] = detail.detail_ratio(crop_o, crop_a, mask)
         if self.keep_crops:
             self._keep_for_fid(crop_o, crop_a)
 
