@@ -11,8 +11,10 @@ where ``s`` are the target landmarks relative to the mean layout (so expression 
 the texture: an open mouth gets a dark mouth, a turned head its shading), ``W`` a ridge
 regression fitted on the training faces, and ``L z`` the identity part: ``z`` is the track's
 latent code and ``L`` the Cholesky factor of the residual covariance, so every latent gives a
-plausible face and different latents give different people. The generator never reads the
-crop's pixels inside the mask; the crop only supplies the context of the composed output.
+plausible face and different latents give different people. Before rendering, a fitted
+sharpening and a skin grain drawn from the latent restore the fine detail the components miss
+(:mod:`streamanon.train.detail`; absent from models fitted before it). The generator never reads
+the crop's pixels inside the mask; the crop only supplies the context of the composed output.
 
 It is trained in minutes on a CPU (``streamanon train appearance``) and has the same call
 signature, checkpoint format and runtime as the conditional U-Net of :mod:`.model`, which needs
