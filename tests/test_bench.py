@@ -283,3 +283,29 @@ def test_face_path_benchmark_times_both_paste_paths_and_writes_json(tmp_path):
         assert all(row["stages"][stage]["per_frame"]["p50"] > 0 for stage in ("generate", "photometric", "composite"))
         assert total["per_face"]["p50"] == pytest.approx(total["per_frame"]["p50"] / row["faces"])
     assert "<= 5 ms/face" in run.stdout
+
+
+@pytest.mark.slow
+def test_privacy_audit_finds_no_leak_frame_on_a_speaker_clip(tmp_path):
+    """benchmarks/privacy_audit.py on one GRID clip: generate mode end to end, then eval; the JSON
+    summary it writes, and no frame in which dlib still matches the generated face to the speaker."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "grid_speaker_00.mpg").symlink_to(shared_path("videos/grid_speaker_00.mpg"))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy_audit.py"
+    args = ["--videos", str(videos), "--out", str(tmp_path / "results")]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    (report,) = (tmp_path / "results").glob("privacy-audit-*.json")
+    summary = json.loads(report.read_text())
+    (clip,) = summary["clips"]
+    assert clip["clip"] == "grid_speaker_00.mpg" and clip["frames"] == clip["faces"] == 75
+    switches = len(clip["identity_switch_frames"])
+    assert summary["totals"] == {"clips": 1, "faces": 75, "leak_frames": 0, "identity_switches": switches,
+                                 "distance_mean_range": [clip["distance_mean"]] * 2}  # fmt: skip
+    assert clip["leak_frames"] == [] and clip["distance_mean"] > 0.6
+    assert "1 clips, 75 faces: 0 leak frames" in run.stdout
