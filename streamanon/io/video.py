@@ -122,6 +122,20 @@ def _normalize_degrees(degrees: float) -> int:
     return value - 360 if value > 180 else value
 
 
+def nearest_quarter_turn(degrees: float) -> int:
+    """``degrees`` rounded to the multiple of 90 that :func:`to_display` turns by, in (-180, 180]."""
+    return _normalize_degrees(_quarter_turns(degrees) * 90)
+
+
+def rotate_tag_degrees(stream: av.VideoStream) -> int:
+    """A legacy ``rotate`` tag (clockwise degrees) in PyAV's counter-clockwise sense; 0 without one."""
+    tag = stream.metadata.get("rotate")
+    try:
+        return _normalize_degrees(-float(tag)) if tag else 0
+    except ValueError:
+        return 0
+
+
 class VideoReader:
     """Decode the main video stream of a file into RGB :class:`Frame` records.
 
@@ -272,16 +286,14 @@ class VideoReader:
         except (av.FFmpegError, OSError, ValueError) as exc:
             log.debug("rotation probe of %s failed: %s", self.path, exc)
         if self._display_matrix is None:
-            tag = self._stream.metadata.get("rotate")
-            with contextlib.suppress(ValueError):
-                self._rotation = _normalize_degrees(-float(tag)) if tag else 0
+            self._rotation = rotate_tag_degrees(self._stream)
         if self._rotation % 90 and self.path not in _WARNED_ROTATION:
             _WARNED_ROTATION.add(self.path)  # once per file, however often it is opened
             log.warning(
                 "%s: players rotate this video by %d degrees, not a multiple of 90; it is turned by the "
                 "nearest quarter turn (%d degrees) for face detection, so faces may look tilted by up to 45 "
                 "degrees to the detector; the output keeps the input's exact rotation",
-                self.path, self._rotation, _normalize_degrees(_quarter_turns(self._rotation) * 90),
+                self.path, self._rotation, nearest_quarter_turn(self._rotation),
             )  # fmt: skip
 
     # -- decoding -------------------------------------------------------------------

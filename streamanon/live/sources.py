@@ -33,7 +33,7 @@ import av
 import numpy as np
 
 from ..errors import UserError
-from ..io.video import to_display
+from ..io.video import nearest_quarter_turn, rotate_tag_degrees, to_display
 from .raw import RAW_PIX_FMTS, check_raw_format, frame_bytes, raw_to_rgb
 
 log = logging.getLogger(__name__)
@@ -103,22 +103,6 @@ def _to_rgb(decoded: av.VideoFrame) -> np.ndarray:
     return decoded.reformat(**options).to_ndarray()
 
 
-def _quarter_turns(degrees: float) -> int:
-    """``degrees`` (counter-clockwise, as PyAV's ``VideoFrame.rotation``) to the nearest multiple of 90 in
-    (-180, 180]."""
-    value = (round(float(degrees) / 90) * 90) % 360
-    return value - 360 if value > 180 else value
-
-
-def _tag_rotation(stream: av.VideoStream) -> int:
-    """A legacy ``rotate`` tag (clockwise degrees) in PyAV's counter-clockwise sense; 0 without one."""
-    tag = stream.metadata.get("rotate")
-    try:
-        return _quarter_turns(-float(tag)) if tag else 0
-    except ValueError:
-        return 0
-
-
 class AVSource(Source):
     """Anything FFmpeg can open: network URLs, V4L2 cameras, other capture devices, video files.
 
@@ -183,7 +167,7 @@ class AVSource(Source):
         # A recording behind a URL (an MP4 over HTTP) has a duration; a live feed has none. It is
         # played at its own rate like a local file, and its end is the end (a reconnect would replay it).
         self.finite = bool(container.duration)
-        self._tag_rotation = _tag_rotation(stream)
+        self._tag_rotation = rotate_tag_degrees(stream)
         self._container = container
         self._opened_before = True
         log.info("opened %s: %dx%d %s at %s fps", self.name, stream.codec_context.width,
@@ -243,7 +227,7 @@ class AVSource(Source):
         carries, else the stream's legacy ``rotate`` tag), like ``streamanon file`` does for detection.
         The output then holds upright frames and no rotation: raw pipes and network streams carry none."""
         degrees = getattr(frame, "rotation", 0) or self._tag_rotation
-        rotation = _quarter_turns(degrees)
+        rotation = nearest_quarter_turn(degrees)
         off = (rotation - degrees) % 360
         if min(off, 360 - off) > 0.5 and not self._odd_rotation_warned:
             log.warning("%s: display rotation of %g degrees is not a multiple of 90; turning the frames by %d",
