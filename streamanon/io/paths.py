@@ -32,7 +32,8 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (same resolved path, or hard links and other aliases)."""
     if a.resolve() == b.resolve():
         return True
     if not b.exists():
@@ -69,7 +70,7 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     elif not os.access(src, os.R_OK):
         raise UserError(f"input file is not readable (permission denied): {src}")
 
-    if _same_file(src, dst):
+    if same_file(src, dst):
         raise UserError(f"output must differ from the input: {dst}")
 
     if src.is_dir():
@@ -81,7 +82,7 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.exists() or dst.is_symlink():
         if not overwrite:
             raise UserError(f"output exists: {dst} (use --overwrite to replace it)")
-    _check_parent_writable(dst)
+    check_parent_writable(dst)
 
     if is_image_path(src):
         if not is_image_path(dst):
@@ -113,10 +114,11 @@ def _check_folder_output(src: Path, dst: Path, overwrite: bool) -> None:
         if not os.access(dst, os.W_OK | os.X_OK):
             raise UserError(f"output folder is not writable: {dst}")
         return
-    _check_parent_writable(dst)
+    check_parent_writable(dst)
 
 
-def _check_parent_writable(dst: Path) -> None:
+def check_parent_writable(dst: Path) -> None:
+    """One-line :class:`UserError` unless ``dst``'s folder exists and can be written to."""
     parent = dst.absolute().parent
     if not parent.is_dir():
         raise UserError(f"output folder does not exist: {parent}")

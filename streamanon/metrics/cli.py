@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -111,6 +110,8 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
 def _check_outputs(outputs: dict[str, Path | None], inputs: tuple[Path, ...]) -> None:
     """One-line :class:`UserError` for an output file that could not be written: its folder is
     missing or not writable, it is a folder, it is one of the inputs, or two options name the same file."""
+    from ..io.paths import check_parent_writable, same_file
+
     seen: dict[Path, str] = {}
     for option, path in outputs.items():
         if path is None:
@@ -120,23 +121,15 @@ def _check_outputs(outputs: dict[str, Path | None], inputs: tuple[Path, ...]) ->
             raise UserError(f"{option} needs a file name, not a folder: {path}")
         resolved = path.resolve()
         for source in inputs:
-            if resolved == Path(source).resolve() or (path.exists() and _same_file(path, Path(source))):
+            if same_file(path, Path(source)):
                 raise UserError(f"{option} would overwrite the input {source}: give another file name")
         if resolved in seen:
             raise UserError(f"{seen[resolved]} and {option} name the same file: {path}")
         seen[resolved] = option
-        parent = path.absolute().parent
-        if not parent.is_dir():
-            raise UserError(f"{option}: output folder does not exist: {parent}")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"{option}: output folder is not writable: {parent}")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)  # hard links and other aliases
-    except OSError:
-        return False
+        try:
+            check_parent_writable(path)
+        except UserError as exc:
+            raise UserError(f"{option}: {exc}") from None
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
