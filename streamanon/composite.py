@@ -18,6 +18,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .noise import noisy_like
+
 Box = Sequence[int]
 
 
@@ -176,7 +178,8 @@ def _cut(array: np.ndarray, roi_shape: tuple[int, int], frame_shape: tuple[int, 
     raise ValueError(f"{name} of shape {array.shape[:2]} matches neither the region {roi_shape} nor the frame {frame_shape}")
 
 
-def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.ndarray, crop_alpha: np.ndarray) -> None:
+def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.ndarray, crop_alpha: np.ndarray,
+                  noise_seed: int | None = None) -> None:  # fmt: skip
     """Warp an aligned crop back into ``frame`` and blend it there, in place.
 
     Only the frame's bounding box of the crop's alpha support is touched: the crop and its alpha
@@ -191,17 +194,23 @@ def paste_aligned(frame: np.ndarray, crop: np.ndarray, matrix_frame_to_crop: np.
         matrix_frame_to_crop: ``(2, 3)`` affine ``M`` mapping frame pixel coordinates to crop ones
             (as in :class:`~streamanon.types.AlignedFace`), invertible.
         crop_alpha: ``(S, S)`` float32 in [0, 1].
+        noise_seed: match the frame's sensor noise, reading the noise at this seed (see
+            :func:`paste_placed`); None pastes the crop as it is.
     """
     placement = paste_region(frame.shape, matrix_frame_to_crop, crop.shape[:2], crop_alpha)
     if placement is not None:
-        paste_placed(frame, crop, *placement, crop_alpha)
+        paste_placed(frame, crop, *placement, crop_alpha, noise_seed)
 
 
 def paste_placed(frame: np.ndarray, crop: np.ndarray, roi: tuple[int, int, int, int], local: np.ndarray,
-                 crop_alpha: np.ndarray) -> None:  # fmt: skip
+                 crop_alpha: np.ndarray, noise_seed: int | None = None) -> None:  # fmt: skip
     """:func:`paste_aligned` where :func:`paste_region` (or :func:`place_support`) has already given
     the region ``roi`` of ``frame`` and the affine ``local`` from its pixels to the crop's: a
-    caller pasting several crops at one place (the identity guard's candidates) places them once."""
+    caller pasting several crops at one place (the identity guard's candidates) places them once.
+
+    ``noise_seed``: when given, the warped crop first gets the sensor noise it lacks against the
+    frame's pixels it covers (:func:`streamanon.noise.noisy_like`, read from the noise bank at
+    this seed)."""
     x1, y1, x2, y2 = roi
     size = (x2 - x1, y2 - y1)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -210,7 +219,10 @@ def paste_placed(frame: np.ndarray, crop: np.ndarray, roi: tuple[int, int, int, 
     warped_alpha = cv2.warpAffine(
         np.asarray(crop_alpha, dtype=np.float32), local, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
-    blend(frame, warped.reshape(size[1], size[0], -1), warped_alpha, box=roi)
+    warped = warped.reshape(size[1], size[0], -1)
+    if noise_seed is not None:
+        warped = noisy_like(warped, frame[y1:y2, x1:x2], warped_alpha, noise_seed)
+    blend(frame, warped, warped_alpha, box=roi)
 
 
 def paste_region(

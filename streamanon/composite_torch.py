@@ -21,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import noise_torch
 from .composite import paste_region
 from .gpu import upload
 
 Placement = tuple[tuple[int, int, int, int], np.ndarray]
 
 
-def paste_aligned(frame: torch.Tensor, crop: torch.Tensor, matrix_frame_to_crop: np.ndarray, crop_alpha: np.ndarray) -> None:
+def paste_aligned(frame: torch.Tensor, crop: torch.Tensor, matrix_frame_to_crop: np.ndarray, crop_alpha: np.ndarray,
+                  noise_seed: int | None = None) -> None:  # fmt: skip
     """Warp an aligned crop back into ``frame`` and blend it there, in place.
 
     Args:
@@ -36,6 +38,8 @@ def paste_aligned(frame: torch.Tensor, crop: torch.Tensor, matrix_frame_to_crop:
         matrix_frame_to_crop: ``(2, 3)`` affine mapping frame pixels to crop pixels, invertible.
         crop_alpha: ``(S, S)`` float32 host array in [0, 1] (e.g. ``composite.feather``); its
             support decides the region written, on the host, so nothing waits on the device.
+        noise_seed: match the frame's sensor noise (:mod:`streamanon.noise_torch`), reading the
+            noise at this seed; None pastes the crop as it is.
     """
     if frame.ndim != 3 or frame.dtype != torch.uint8:
         raise ValueError(f"frame must be an (H, W, C) uint8 tensor, got {frame.dtype} {tuple(frame.shape)}")
@@ -43,19 +47,19 @@ def paste_aligned(frame: torch.Tensor, crop: torch.Tensor, matrix_frame_to_crop:
         raise ValueError(f"crop must be (S, S, {frame.shape[2]}), got {tuple(crop.shape)}")
     placement = paste_region(tuple(frame.shape), matrix_frame_to_crop, tuple(crop.shape), crop_alpha)
     if placement is not None:
-        paste_placed(frame, crop, *placement, crop_alpha)
+        paste_placed(frame, crop, *placement, crop_alpha, noise_seed)
 
 
 def paste_placed(frame: torch.Tensor, crop: torch.Tensor, roi: tuple[int, int, int, int], local: np.ndarray,
-                 crop_alpha: np.ndarray) -> None:  # fmt: skip
+                 crop_alpha: np.ndarray, noise_seed: int | None = None) -> None:  # fmt: skip
     """:func:`paste_aligned` where :func:`~streamanon.composite.paste_region` has already given
     the region ``roi`` of ``frame`` and the affine ``local`` from its pixels to the crop's."""
     alpha = upload(np.asarray(crop_alpha, dtype=np.float32), frame.device)
-    paste_placed_batch(frame, crop[None], alpha[None], [(roi, local)])
+    paste_placed_batch(frame, crop[None], alpha[None], [(roi, local)], None if noise_seed is None else [noise_seed])
 
 
 def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.Tensor,
-                       placements: Sequence[Placement]) -> None:  # fmt: skip
+                       placements: Sequence[Placement], noise_seeds: Sequence[int] | None = None) -> None:  # fmt: skip
     """:func:`paste_placed` for several crops, in order (a later face covers an earlier one where
     they overlap): one padded source and one ``grid_sample`` for all (unless their regions differ
     too much in size), then one blend per face. The same pixels as pasting them one by one.
@@ -66,9 +70,13 @@ def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.T
         alphas: ``(B, S, S)`` float32 tensor in [0, 1] (e.g. :func:`feather`).
         placements: per crop, ``(roi, local)`` as :func:`~streamanon.composite.paste_region` or
             :func:`~streamanon.composite.place_support` give them, in ``frame``'s pixels.
+        noise_seeds: per crop, the seed of the sensor noise matched to the frame
+            (:func:`streamanon.noise_torch.noisy_like`); None pastes the crops as they are.
     """
     if len(placements) != len(crops) or len(crops) != len(alphas):
         raise ValueError(f"{len(crops)} crops, {len(alphas)} alphas and {len(placements)} placements differ in number")
+    if noise_seeds is not None and len(noise_seeds) != len(placements):
+        raise ValueError(f"{len(noise_seeds)} noise seeds for {len(placements)} crops")
     if not len(placements):
         return
     sizes = [(x2 - x1, y2 - y1) for (x1, y1, x2, y2), _ in placements]
@@ -77,7 +85,9 @@ def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.T
         # Faces of very different sizes: a batch padded to the largest would mostly sample nothing
         # (and could take gigabytes at 4K), so each is sampled on its own, still in order.
         for face in range(len(sizes)):
-            paste_placed_batch(frame, crops[face : face + 1], alphas[face : face + 1], placements[face : face + 1])
+            one = slice(face, face + 1)
+            seeds = None if noise_seeds is None else noise_seeds[one]
+            paste_placed_batch(frame, crops[one], alphas[one], placements[one], seeds)
         return
     device = frame.device
     colour = F.pad(crops.to(device).permute(0, 3, 1, 2).float(), (1, 1, 1, 1), mode="replicate")
@@ -90,6 +100,9 @@ def paste_placed_batch(frame: torch.Tensor, crops: torch.Tensor, alphas: torch.T
         weight = sampled[face, 3, :h, :w].clamp(0.0, 1.0)[..., None]
         target = frame[y1:y2, x1:x2]
         base = target.float()
+        if noise_seeds is not None:
+            # Rounded first, as the host's uint8 warp is: the face's own levels are measured on it.
+            colour = noise_torch.noisy_like(colour.round(), base, weight[..., 0], noise_seeds[face])
         target.copy_((base + weight * (colour - base)).round_().clamp_(0, 255).to(torch.uint8))
 
 
