@@ -46,6 +46,22 @@ def test_detail_ratio_is_one_for_the_same_face_low_when_smoothed_high_with_noise
     assert np.isnan(detail.detail_ratio(np.full((64, 64, 3), 9.0), texture, mask))  # a flat original
 
 
+def test_noise_ratio_reads_the_frames_own_noise_inside_the_face():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    clean = np.tile(np.linspace(60, 200, 200, dtype=np.float32)[None, :, None], (200, 1, 3))
+    noisy = np.clip(np.rint(clean + rng.normal(0, 5, clean.shape)), 0, 255).astype(np.uint8)
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    points = np.stack([100 + 60 * np.cos(angles), 100 + 70 * np.sin(angles)], axis=1)  # a face-sized ring
+    assert detail.noise_ratio(noisy, noisy, points) == pytest.approx(1.0)
+    assert detail.noise_ratio(noisy, cv2.GaussianBlur(noisy, (0, 0), 2.0), points) < 0.2
+    smooth_face = noisy.copy()
+    smooth_face[60:140, 60:140] = np.rint(clean[60:140, 60:140])  # a clean face inside the hull
+    assert detail.noise_ratio(noisy, smooth_face, points) < 0.5
+    assert np.isnan(detail.noise_ratio(np.rint(clean).astype(np.uint8), noisy, points))  # nothing to match
+
+
 # -- lighting -------------------------------------------------------------------------------
 
 

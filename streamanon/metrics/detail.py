@@ -9,12 +9,21 @@ more than 1 means harder edges or noise than the original, so it describes textu
 on its own. On the talking clip (``talking_512_katiehill.mp4``, first 60 frames, 2026-12-02) the
 appearance generator scores 0.07 without its fitted detail and 0.16 with it (blur 0.0002, pixelate
 0.10): the 128 px generator is still far smoother than a sharp 480 px face.
+
+``noise_ratio`` is the other end of the spectrum, at the frame's own resolution: the luma noise
+level (:func:`streamanon.noise.noise_levels`, Immerkaer's estimator) inside the face's landmark
+hull, anonymized over original. A face pasted without the camera's noise scores well below 1 on
+a noisy clip; it is undefined (NaN) on an original cleaner than ``noise.CLEAN`` grey levels,
+where there is no noise to match (most compressed web video).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .. import noise
+from . import regions
 
 LUMA = np.array([0.299, 0.587, 0.114])
 BAND_SIGMAS = (1.0, 2.0)  # px of the metric crop (metrics.regions.CROP_SIZE)
@@ -37,3 +46,26 @@ def detail_ratio(crop_original: np.ndarray, crop_anonymized: np.ndarray, mask: n
     if not np.isfinite(original) or original < FLAT_ENERGY:
         return float("nan")
     return detail_energy(crop_anonymized, mask) / original
+
+
+# The hull's outer part is where a pasted face's soft edge mixes it with the frame: measured inside.
+NOISE_ERODE = 0.08  # of the landmarks' larger extent
+
+
+def noise_ratio(original: np.ndarray, anonymized: np.ndarray, landmarks68: np.ndarray) -> float:
+    """Luma noise level of ``anonymized`` over ``original`` (RGB frames of one size) inside the
+    landmark hull, eroded by ``NOISE_ERODE`` of the face's size; NaN for a clean original or a face
+    too small to measure."""
+    height, width = original.shape[:2]
+    x1, y1, x2, y2 = regions.box_of(landmarks68, height, width, margin=0.0)
+    if x2 <= x1 or y2 <= y1:
+        return float("nan")
+    points = np.asarray(landmarks68, np.float64) - [x1, y1]
+    hull = regions.hull_mask(points, y2 - y1, x2 - x1).astype(np.uint8)
+    reach = max(1, int(round(NOISE_ERODE * float(np.ptp(points, axis=0).max()))))
+    inside = cv2.erode(hull, np.ones((2 * reach + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0) > 0  # fmt: skip
+    before = noise.noise_levels(original[y1:y2, x1:x2], inside)[0, 0]
+    if not before >= noise.CLEAN:
+        return float("nan")
+    return float(noise.noise_levels(anonymized[y1:y2, x1:x2], inside)[0, 0] / before)

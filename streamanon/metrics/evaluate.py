@@ -50,6 +50,7 @@ FACE_METRICS = (
     "delta_C",
     "delta_E",
     "detail_ratio",
+    "noise_ratio",
 )
 THUMB_SIZE = 96
 HOG_UPSAMPLE_MAX_SIDE = 1000  # frames up to this long side get HOG with one 2x upsampling
@@ -402,6 +403,7 @@ class ClipEvaluator:
         record["si_l2_shading"] = lighting.si_l2(shading[0], shading[1], mask)
         record.update(color.albedo_color_differences(albedo[0], albedo[1], mask))
         record["detail_ratio"] = detail.detail_ratio(crop_o, crop_a, mask)
+        record["noise_ratio"] = detail.noise_ratio(pair.original, pair.anonymized, lm_o)
         if self.keep_crops:
             self._keep_for_fid(crop_o, crop_a)
 

@@ -75,6 +75,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "delta_C": ("Albedo ΔC*", "f2"),
     "delta_E": ("Albedo ΔE2000", "f2"),
     "detail_ratio": ("Fine-detail ratio (anon / orig)", "f2"),
+    "noise_ratio": ("Noise level ratio (anon / orig)", "f2"),
 }
 
 # Radar axes (paper Fig. 5 style): each maps a row to a score in [0, 1], 1 = best.
