@@ -117,6 +117,8 @@ def pipeline_options(command):
         click.option("--no-relight", is_flag=True, default=False, help="Skip relighting (generate mode)."),
         click.option("--no-laplacian", is_flag=True, default=False, help="Skip Laplacian refinement."),
         click.option("--no-color-transfer", is_flag=True, default=False, help="Skip YCbCr colour transfer."),
+        click.option("--no-match-noise", is_flag=True, default=False,
+                     help="Paste generated faces without the camera noise measured around them."),
         click.option("--weights", type=click.Path(dir_okay=False), help="Generator weights file."),
         click.option("--seed", type=int, help="Seed of the per-track fake identities [0]."),
         click.option(
@@ -163,6 +165,7 @@ def config_from_options(opts: dict):
         ("no_relight", "photometric.relight"),
         ("no_laplacian", "photometric.laplacian"),
         ("no_color_transfer", "photometric.color_transfer"),
+        ("no_match_noise", "generate.match_noise"),
     ):
         if opts.get(flag):
             overrides[key] = False

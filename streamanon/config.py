@@ -166,6 +166,10 @@ class GenerateConfig:
     # generator's device (the frame's face region is uploaded once and downloaded once per frame),
     # "host" copies them to host memory first; "auto" is "device" on CUDA, "host" otherwise.
     composite: Composite = "auto"
+    # Give each pasted face the sensor noise it lacks against the frame around it (streamanon/noise.py):
+    # measured where the face goes, at the frame's resolution, and added before the blend. A no-op
+    # on clean video; on a noisy camera (night, infrared) the face no longer stands out as smooth.
+    match_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.composite not in COMPOSITE_PLACES:

@@ -93,8 +93,9 @@ class Anonymizer:
 
             self.photometric = get_backend(self.config.device)
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
+            settings = self.config.generate
             self.compositor = FaceCompositor(self.generator, self.postprocess, self.config.replace.feather,
-                                             self.config.generate.composite)  # fmt: skip
+                                             settings.composite, settings.match_noise, settings.seed)  # fmt: skip
             self.guard = self._build_guard(in_background=bool(self.config.generate.guard_background))
         self._pastes_on_device = self._generate and self.compositor.on_device
         # Generate mode with the guard: each track's identity, and when the guard looks at it again.
@@ -188,7 +189,8 @@ class Anonymizer:
 
         to_hide: list[TrackedFace] = list(tracks)
         if self._generate:
-            generated = self._generate_faces(image, out, [tr for tr in tracks if tr.detected], t, timer, frame_tensor)
+            detected = [tr for tr in tracks if tr.detected]
+            generated = self._generate_faces(image, out, detected, t, frame.index, timer, frame_tensor)
             stats.generated = len(generated)
             to_hide = [tr for tr in tracks if tr.track_id not in generated]
             stats.fallback = sum(tr.detected for tr in to_hide)
@@ -224,11 +226,12 @@ class Anonymizer:
         return out
 
     def _generate_faces(
-        self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, timer: StageClock = NULL_TIMER,
-        frame_tensor=None,
+        self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, frame_index: int,
+        timer: StageClock = NULL_TIMER, frame_tensor=None,
     ) -> set[int]:
         """Replace detected faces by generated ones in ``out``; return the track ids done.
-        ``frame_tensor``: ``image`` on the detector's device, which the device paste may reuse."""
+        ``frame_index`` seeds the pasted faces' matched noise; ``frame_tensor``: ``image`` on the
+        detector's device, which the device paste may reuse."""
         if not tracks:
             return set()
         from .faces.landmarks import landmarks_fit_boxes
@@ -257,10 +260,10 @@ class Anonymizer:
             with timer.stage("align"):
                 aligned = self._align(image, smoothed, [tr.track_id for tr in tracks], on_device)
             with timer.stage("guard"):
-                aligned, latents, ways = self._identities_for(image, aligned, t)
+                aligned, latents, ways = self._identities_for(image, aligned, t, frame_index)
             if not aligned:
                 return set()
-            self.compositor(image, out, aligned, latents, ways, timer, frame=frame_tensor)
+            self.compositor(image, out, aligned, latents, ways, timer, frame=frame_tensor, frame_index=frame_index)
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
             return set()
@@ -281,10 +284,11 @@ class Anonymizer:
                 self._aligns_on_device = False
         return align_faces(image, landmarks, size, track_ids)
 
-    def _frame_view(self, image: np.ndarray, face: AlignedFace, copy: bool = False) -> View:
+    def _frame_view(self, image: np.ndarray, face: AlignedFace, frame_index: int, copy: bool = False) -> View:
         """The guard's view of a face: a region of the frame around it, where a candidate is
-        pasted exactly as the composite stage will paste it. ``copy``: the region is copied, for a
-        view used after the caller may have reused the frame's buffer (the guard's thread)."""
+        pasted exactly as the composite stage will paste it in frame ``frame_index`` (matched
+        noise included). ``copy``: the region is copied, for a view used after the caller may have
+        reused the frame's buffer (the guard's thread)."""
         from .faces.align import points_to_frame
         from .generate.guard import View
 
@@ -299,17 +303,18 @@ class Anonymizer:
         matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)  # region -> crop
         alpha = self.compositor.alpha(face)
         placement = self.compositor.placement(face, region.shape, matrix)  # once for all candidates
+        seed = self.compositor.noise_seed(face, frame_index)
 
         def paste(shown: np.ndarray) -> np.ndarray:
             composed = region.copy()
             if placement is not None:
-                paste_placed(composed, shown, *placement, alpha)
+                paste_placed(composed, shown, *placement, alpha, seed)
             return composed
 
         return View(region, (points - [x0, y0]).astype(np.float32), paste)
 
     def _identities_for(
-        self, image: np.ndarray, aligned: list[AlignedFace], t: float
+        self, image: np.ndarray, aligned: list[AlignedFace], t: float, frame_index: int
     ) -> tuple[list[AlignedFace], np.ndarray, list[str]]:
         """The faces that may be generated this frame, their latents (B, latent_dim) and the
         post-processing of each: without a guard every track with its own latent, with one as
@@ -318,7 +323,9 @@ class Anonymizer:
             codes = self.generator.latents([face.track_id for face in aligned]).cpu().numpy()
             return aligned, codes, ["full"] * len(aligned)
         known = {track.track_id for track in self.tracker.tracks}
-        return self.identities.select(aligned, t, known, lambda face, copy: self._frame_view(image, face, copy))
+        return self.identities.select(
+            aligned, t, known, lambda face, copy: self._frame_view(image, face, frame_index, copy)
+        )
 
 
 @dataclass

@@ -22,11 +22,14 @@ from streamanon.types import AlignedFace  # noqa: E402
 S = 128
 
 
-def _scene(seed: int = 0, off_frame: bool = False) -> tuple[np.ndarray, list[AlignedFace]]:
+def _scene(seed: int = 0, off_frame: bool = False, grain: float = 0.0) -> tuple[np.ndarray, list[AlignedFace]]:
     """A smooth 320x240 frame and three faces on it, two of them overlapping, one cut by the edge;
-    with ``off_frame``, a fourth one between them that lands entirely outside the frame."""
+    with ``off_frame``, a fourth one between them that lands entirely outside the frame; ``grain``:
+    the frame's sensor noise (grey levels)."""
     rng = np.random.default_rng(seed)
     frame = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 4)
+    if grain:
+        frame = np.clip(np.rint(frame + rng.normal(0, grain, frame.shape)), 0, 255).astype(np.uint8)
     landmarks = template(S).astype(np.float32)
     mask = face_mask(landmarks, S)
     faces = []
@@ -47,14 +50,37 @@ def _compositor(device: str, composite: str) -> FaceCompositor:
     return FaceCompositor(generator, postprocessings(get_backend(device), PhotometricConfig()), 0.25, composite)
 
 
-def _compose(device: str, composite: str, ways: list[str], off_frame: bool = False) -> np.ndarray:
+def _compose(device: str, composite: str, ways: list[str], off_frame: bool = False, grain: float = 0.0,
+             frame_index: int = 0) -> np.ndarray:  # fmt: skip
     compositor = _compositor(device, composite)
     generator = compositor.generator
-    frame, faces = _scene(off_frame=off_frame)
+    frame, faces = _scene(off_frame=off_frame, grain=grain)
     latents = generator.latents([face.track_id for face in faces]).cpu().numpy()
     out = frame.copy()
-    compositor(frame, out, faces, latents, ways)
+    compositor(frame, out, faces, latents, ways, frame_index=frame_index)
     return out
+
+
+def test_both_paths_give_faces_on_a_grainy_frame_the_same_grain():
+    from streamanon.noise import noise_levels
+
+    frame, faces = _scene(grain=5.0)
+    host = _compose("cpu", "host", ["full"] * 3, grain=5.0)
+    device = _compose("cpu", "device", ["full"] * 3, grain=5.0)
+    difference = np.abs(host.astype(int) - device)
+    assert difference.max() <= 2 and difference.mean() < 0.05  # two roundings on the host, one here
+    # The grain is the frame's: measured on the first face's opaque part, away from the others.
+    inside = np.zeros(frame.shape[:2], np.uint8)
+    cv2.circle(inside, (80, 100), 14, 1, -1)
+    levels = noise_levels(host, inside.astype(bool))[0, 0]
+    assert levels == pytest.approx(noise_levels(frame, inside.astype(bool))[0, 0], rel=0.2)
+    plain = _compositor("cpu", "host")
+    plain.match_noise = False
+    latents = plain.generator.latents([face.track_id for face in faces]).cpu().numpy()
+    smooth = frame.copy()
+    plain(frame, smooth, faces, latents, ["full"] * 3)
+    assert noise_levels(smooth, inside.astype(bool))[0, 0] < 0.7 * levels
+    assert not np.array_equal(host, _compose("cpu", "host", ["full"] * 3, grain=5.0, frame_index=1))  # new grain
 
 
 def test_device_path_on_cpu_tensors_matches_the_host_path():

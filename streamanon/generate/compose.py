@@ -13,6 +13,10 @@ Two paths with the same result (up to one grey level of rounding):
   goes up once, unless the caller passes the frame already on the device). The host only places
   each face, from its mask's support box (:func:`streamanon.composite.feather_support`).
 
+Both give each face the sensor noise it lacks against the frame it is pasted into, measured there
+at the frame's resolution (``match_noise``; :mod:`streamanon.noise`, :mod:`streamanon.noise_torch`:
+the same tiles at the same seeded offsets, so the same grain).
+
 Needs no landmark predictor or video I/O, so the GPU-side cost of generate mode can be timed on
 its own (``benchmarks/bench_face_path.py``).
 """
@@ -25,6 +29,7 @@ import numpy as np
 
 from ..composite import feather, feather_support, paste_placed, place_support
 from ..config import Composite
+from ..noise import noise_seed
 from ..timing import NULL_TIMER, StageClock
 from ..types import AlignedFace
 
@@ -47,14 +52,20 @@ class FaceCompositor:
             :func:`streamanon.generate.guard.postprocessings` builds them.
         feather: soft edge of the paste, as a fraction of the face size (``replace.feather``).
         composite: ``generate.composite``: "auto" (device on CUDA), "host" or "device".
+        match_noise: give each pasted face the sensor noise it lacks against the frame
+            (``generate.match_noise``, :mod:`streamanon.noise`).
+        seed: base of the noise's seeds (``generate.seed``): a face's noise is drawn from it, the
+            frame index and the track id, so a file comes out the same on every run.
     """
 
     def __init__(self, generator, postprocess: dict[str, Postprocess], feather: float,
-                 composite: Composite = "auto") -> None:  # fmt: skip
+                 composite: Composite = "auto", match_noise: bool = True, seed: int = 0) -> None:  # fmt: skip
         self.generator = generator
         self.postprocess = postprocess
         self.feather = float(feather)
         self.on_device = composites_on_device(composite, generator.device)
+        self.match_noise = bool(match_noise)
+        self.seed = int(seed)
 
     @property
     def where(self) -> str:
@@ -70,6 +81,10 @@ class FaceCompositor:
         """Paste-back alpha of a crop (the device path computes the same on the device)."""
         return feather(face.mask, self.feather_px(face), outside_border=True)
 
+    def noise_seed(self, face: AlignedFace, frame_index: int) -> int | None:
+        """The seed of ``face``'s matched noise in frame ``frame_index``; None without noise matching."""
+        return noise_seed(frame_index, face.track_id, self.seed) if self.match_noise else None
+
     def placement(self, face: AlignedFace, frame_shape: tuple[int, ...], matrix_frame_to_crop=None):
         """Where ``face``'s crop is pasted in a frame of ``frame_shape``: ``(roi, local)`` as
         :func:`~streamanon.composite.paste_region` gives it for :meth:`alpha`, found from the mask
@@ -81,29 +96,31 @@ class FaceCompositor:
         return place_support(frame_shape, matrix, support)
 
     def __call__(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
-                 ways: Sequence[str], timer: StageClock = NULL_TIMER, frame=None) -> None:  # fmt: skip
+                 ways: Sequence[str], timer: StageClock = NULL_TIMER, frame=None,
+                 frame_index: int = 0) -> None:  # fmt: skip
         """Paste the generated faces of ``aligned`` into ``out`` (a copy of ``image``), in place.
 
         ``latents[i]`` (B, latent_dim) is face i's identity and ``ways[i]`` the name of its
         post-processing. ``frame``: ``image`` already on the generator's device, as an (H, W, 3)
         uint8 tensor (the pipeline uploads each frame once); the device path pastes into it
-        (it is modified) instead of uploading the region under the faces. Stages are timed as
-        generate, photometric and composite.
+        (it is modified) instead of uploading the region under the faces. ``frame_index`` seeds
+        the matched noise. Stages are timed as generate, photometric and composite.
         """
         if not len(aligned):
             return
+        seeds = [self.noise_seed(face, frame_index) for face in aligned]
         if self.on_device:
-            self._on_device(image, out, aligned, latents, ways, timer, frame)
+            self._on_device(image, out, aligned, latents, ways, timer, frame, seeds)
             return
         with timer.stage("generate"):
             fakes = self.generator(aligned, latents=latents)
         with timer.stage("photometric"):
             shown = self.postprocessed(fakes, aligned, ways)
         with timer.stage("composite"):
-            for face, fake in zip(aligned, shown):
+            for face, fake, seed in zip(aligned, shown, seeds):
                 placement = self.placement(face, out.shape)
                 if placement is not None:
-                    paste_placed(out, fake, *placement, self.alpha(face))
+                    paste_placed(out, fake, *placement, self.alpha(face), seed)
 
     def postprocessed(self, fakes, aligned: Sequence[AlignedFace], ways: Sequence[str], originals=None, masks=None):
         """Each face through its post-processing (``ways[i]``); ``fakes`` (B, S, S, 3) uint8 is a
@@ -122,7 +139,7 @@ class FaceCompositor:
         return shown
 
     def _on_device(self, image: np.ndarray, out: np.ndarray, aligned: Sequence[AlignedFace], latents: np.ndarray,
-                   ways: Sequence[str], timer: StageClock, frame) -> None:  # fmt: skip
+                   ways: Sequence[str], timer: StageClock, frame, seeds: Sequence[int | None]) -> None:  # fmt: skip
         import torch
 
         from .. import composite_torch
@@ -159,5 +176,6 @@ class FaceCompositor:
                 in_region = [((rx1 - x0, ry1 - y0, rx2 - x0, ry2 - y0), local)
                              for (rx1, ry1, rx2, ry2), local in (placements[i] for i in placed)]  # fmt: skip
                 rows = upload(np.array(placed), fakes.device) if len(placed) < len(aligned) else slice(None)
-                composite_torch.paste_placed_batch(region, shown[rows], alphas[rows], in_region)
+                placed_seeds = [seeds[i] for i in placed] if self.match_noise else None
+                composite_torch.paste_placed_batch(region, shown[rows], alphas[rows], in_region, placed_seeds)
                 out[y0:y1, x0:x1] = region.cpu().numpy()
