@@ -286,9 +286,12 @@ def test_face_path_benchmark_times_both_paste_paths_and_writes_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_privacy_audit_finds_no_leak_frame_on_a_speaker_clip(tmp_path):
+@pytest.mark.parametrize("sensor_noise", [0.0, 6.0])
+def test_privacy_audit_finds_no_leak_frame_on_a_speaker_clip(tmp_path, sensor_noise):
     """benchmarks/privacy_audit.py on one GRID clip: generate mode end to end, then eval; the JSON
-    summary it writes, and no frame in which dlib still matches the generated face to the speaker."""
+    summary it writes, and no frame in which dlib still matches the generated face to the speaker.
+    With simulated sensor noise (and a near-lossless output, so the encoder keeps it), the face
+    carries the camera's noise."""
     import subprocess
     import sys
 
@@ -298,14 +301,23 @@ def test_privacy_audit_finds_no_leak_frame_on_a_speaker_clip(tmp_path):
     (videos / "grid_speaker_00.mpg").symlink_to(shared_path("videos/grid_speaker_00.mpg"))
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy_audit.py"
     args = ["--videos", str(videos), "--out", str(tmp_path / "results")]
+    if sensor_noise:
+        args += ["--sensor-noise", str(sensor_noise), "--", "--crf", "4"]
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     (report,) = (tmp_path / "results").glob("privacy-audit-*.json")
     summary = json.loads(report.read_text())
     (clip,) = summary["clips"]
-    assert clip["clip"] == "grid_speaker_00.mpg" and clip["frames"] == clip["faces"] == 75
+    assert clip["frames"] == clip["faces"] == 75
     switches = len(clip["identity_switch_frames"])
     assert summary["totals"] == {"clips": 1, "faces": 75, "leak_frames": 0, "identity_switches": switches,
                                  "distance_mean_range": [clip["distance_mean"]] * 2}  # fmt: skip
     assert clip["leak_frames"] == [] and clip["distance_mean"] > 0.6
     assert "1 clips, 75 faces: 0 leak frames" in run.stdout
+    assert summary["sensor_noise"] == sensor_noise
+    if sensor_noise:
+        assert clip["clip"] == "grid_speaker_00_noisy.mp4"
+        assert 0.8 < clip["noise_ratio_mean"] < 1.25
+    else:
+        assert clip["clip"] == "grid_speaker_00.mpg"
+        assert clip["noise_ratio_mean"] is None  # a clean, compressed clip: no noise to match
