@@ -109,7 +109,7 @@ if [[ "$full" == 1 ]]; then
 else
     test_files=(tests/test_photometric_cuda.py tests/test_export.py tests/test_generate.py tests/test_detect.py
                 tests/test_resnet_torch.py tests/test_composite_torch.py tests/test_compose.py
-                tests/test_shape_predictor_torch.py tests/test_gpu.py)
+                tests/test_shape_predictor_torch.py tests/test_gpu.py tests/test_noise.py)
 fi
 step "gpu tests" 140 gpu_tests.log python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
     --continue-on-collection-errors "${test_files[@]}"

@@ -146,8 +146,7 @@ def test_the_torch_twin_measures_solves_and_adds_the_same():
     for _ in range(300):  # the vectorised 2x2 solve against the host's, over all its branches
         frame_levels, face_levels = rng.uniform(0, 4, (2, 2, 3)).astype(np.float32)
         expected = noise.component_sigmas(frame_levels, face_levels, noise.noise_bank().response)
-        got = noise_torch.component_sigmas(torch.from_numpy(frame_levels), torch.from_numpy(face_levels),
-                                           noise.noise_bank().response)  # fmt: skip
+        got = noise_torch.component_sigmas(torch.from_numpy(frame_levels), torch.from_numpy(face_levels))
         assert np.abs(expected - got.numpy()).max() < 1e-4
     alpha = inside.astype(np.float32)
     for shape_seed in (7, 8):
@@ -161,3 +160,20 @@ def test_the_torch_twin_measures_solves_and_adds_the_same():
     assert np.abs(expected - got).max() < 1e-4
     clean_face = as_tensor(np.clip(np.rint(clean), 0, 255))
     assert torch.equal(noise_torch.noisy_like(clean_face, clean_face, torch.from_numpy(alpha), 1), clean_face)
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_twin_adds_the_hosts_noise():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from streamanon import noise_torch
+
+    clean, inside = _ramp(), _region()
+    frame = _noisy(clean, 4.0, 2.0)
+    face = np.clip(np.rint(clean + 8), 0, 255).astype(np.uint8)
+    alpha = inside.astype(np.float32)
+    on_cuda = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().cuda()  # noqa: E731
+    expected = noise.noisy_like(face, frame, alpha, 5).astype(np.float32)
+    got = noise_torch.noisy_like(on_cuda(face), on_cuda(frame), on_cuda(alpha), 5).cpu().numpy()
+    assert np.abs(expected - got).max() <= 1 and np.abs(expected - got).mean() < 0.01
