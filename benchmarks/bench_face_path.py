@@ -2,6 +2,7 @@
 
     python benchmarks/bench_face_path.py --device cuda --composite host,device --backend compile
     python benchmarks/bench_face_path.py --device cpu --resolutions 640x360 --face-counts 1,4
+    python benchmarks/bench_face_path.py --device cpu --composite host --sensor-noise 6   # a grainy camera
 
 This is the "GPU-pipeline time per face" of issue #5's target (<= 5 ms on an H100, batch of
 faces): the stages after alignment, on real aligned faces (the held-out shard of ``streamanon
@@ -9,6 +10,10 @@ train prepare``, else the canonical landmark template on a smooth image), plante
 ``streamanon bench``'s synthetic scenes. It needs neither dlib nor PyAV, so it runs on the GPU
 machine as it is. Every stage is synchronised (``torch.cuda.synchronize``) before its clock is
 read; p50/p95/p99 per frame and per face, median over repeats. Writes JSON to benchmarks/results/.
+
+The paste matches the frame's sensor noise (``generate.match_noise``) unless ``--no-match-noise``;
+the scene's frame is clean (the noise is then measured but none is added) unless
+``--sensor-noise`` gives it grain, where the paste measures the face too and adds the difference.
 """
 
 from __future__ import annotations
@@ -53,14 +58,19 @@ def load_faces(data: Path | None, count: int, size: int) -> list[tuple[np.ndarra
     return [(image, template(size).astype(np.float32))] * count
 
 
-def scene(width: int, height: int, faces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[AlignedFace]]:
-    """A frame and its faces on a grid, each crop's face ``face_side`` pixels across in the frame."""
+def scene(width: int, height: int, faces: list[tuple[np.ndarray, np.ndarray]],
+          sensor_noise: float = 0.0) -> tuple[np.ndarray, list[AlignedFace]]:  # fmt: skip
+    """A frame and its faces on a grid, each crop's face ``face_side`` pixels across in the frame;
+    ``sensor_noise``: the frame's Gaussian grain (grey levels, fixed seed)."""
     from streamanon.bench.scenes import SceneSpec
 
     size = faces[0][0].shape[0]
     rows, cols = grid(len(faces), width, height)
     side = face_side(SceneSpec(width, height, len(faces)))
     frame = cv2.resize(faces[0][0], (width, height), interpolation=cv2.INTER_LINEAR)
+    if sensor_noise > 0:
+        grain = np.random.default_rng(0).normal(0.0, sensor_noise, frame.shape)
+        frame = np.clip(np.rint(frame + grain), 0, 255).astype(np.uint8)
     aligned = []
     for k, (crop, landmarks) in enumerate(faces):
         r, c = divmod(k, cols)
@@ -105,6 +115,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sensor-noise", type=float, default=0.0, help="grain of the scene's frame (grey levels)")
+    parser.add_argument("--no-match-noise", action="store_true", help="paste without matching the frame's noise")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -123,7 +135,8 @@ def main() -> None:
         "versions": versions(),
         "generator": {"backend": generator.backend_name, "dtype": str(generator.dtype), "weights": args.weights},
         "faces": "held-out shard" if (args.data / "meta.json").is_file() else "template",
-        "settings": {"frames": args.frames, "warmup": args.warmup, "repeats": args.repeats},
+        "settings": {"frames": args.frames, "warmup": args.warmup, "repeats": args.repeats,
+                     "sensor_noise": args.sensor_noise, "match_noise": not args.no_match_noise},
         "target_ms_per_face": TARGET_MS_PER_FACE,
         "unit": "seconds; percentiles per frame and per face, median over repeats",
         "rows": [],
@@ -131,10 +144,11 @@ def main() -> None:
     out = args.out or RESULTS / f"face-path-{device_slug(kind)}-{when:%Y-%m-%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for composite in args.composite.split(","):
-        compositor = FaceCompositor(generator, postprocess, ReplaceConfig().feather, composite)
+        compositor = FaceCompositor(generator, postprocess, ReplaceConfig().feather, composite,
+                                    match_noise=not args.no_match_noise)
         for width, height in resolutions:
             for count in counts:
-                frame, aligned = scene(width, height, pool[:count])
+                frame, aligned = scene(width, height, pool[:count], args.sensor_noise)
                 latents = generator.latents(list(range(count))).cpu().numpy()
                 stages = time_case(compositor, frame, aligned, latents, args.frames, args.warmup, args.repeats, sync)
                 report["rows"].append({"composite": compositor.where, "width": width, "height": height,

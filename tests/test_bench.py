@@ -264,7 +264,8 @@ def test_results_carry_no_machine_specific_paths(tmp_path):
 
 
 def test_face_path_benchmark_times_both_paste_paths_and_writes_json(tmp_path):
-    """benchmarks/bench_face_path.py, tiny: the template face (no shards), one face, both paths."""
+    """benchmarks/bench_face_path.py, tiny: the template face (no shards), one face, both paths, on a
+    grainy frame (the paste measures and adds noise)."""
     import subprocess
     import sys
 
@@ -272,11 +273,12 @@ def test_face_path_benchmark_times_both_paste_paths_and_writes_json(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_face_path.py"
     out = tmp_path / "face_path.json"
     args = ["--resolutions", "320x180", "--face-counts", "1,2", "--frames", "2", "--warmup", "1", "--repeats", "1",
-            "--data", str(tmp_path / "no-shards"), "--out", str(out)]  # fmt: skip
+            "--data", str(tmp_path / "no-shards"), "--out", str(out), "--sensor-noise", "4"]  # fmt: skip
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["faces"] == "template" and report["generator"]["backend"] == "eager"
+    assert report["settings"]["sensor_noise"] == 4.0 and report["settings"]["match_noise"]
     assert [(r["composite"], r["faces"]) for r in report["rows"]] == [("host", 1), ("host", 2), ("cpu", 1), ("cpu", 2)]
     for row in report["rows"]:
         total = row["stages"]["total"]
