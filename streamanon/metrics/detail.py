@@ -10,8 +10,8 @@ on its own. On the talking clip (``talking_512_katiehill.mp4``, first 60 frames,
 appearance generator scores 0.07 without its fitted detail and 0.16 with it (blur 0.0002, pixelate
 0.10): the 128 px generator is still far smoother than a sharp 480 px face.
 
-``noise_ratio`` is the other end of the spectrum, at the frame's own resolution: the luma noise
-level (:func:`streamanon.noise.noise_levels`, Immerkaer's estimator) inside the face's landmark
+``noise_ratio`` is the other end of the spectrum, at the frame's own resolution: the noise level
+of the channels' mean (:func:`streamanon.noise.noise_levels`, Immerkaer's estimator) inside the face's landmark
 hull, anonymized over original. A face pasted without the camera's noise scores well below 1 on
 a noisy clip; it is undefined (NaN) on an original cleaner than ``noise.CLEAN`` grey levels,
 where there is no noise to match (most compressed web video).
@@ -53,7 +53,7 @@ NOISE_ERODE = 0.08  # of the landmarks' larger extent
 
 
 def noise_ratio(original: np.ndarray, anonymized: np.ndarray, landmarks68: np.ndarray) -> float:
-    """Luma noise level of ``anonymized`` over ``original`` (RGB frames of one size) inside the
+    """Noise level of the channels' mean of ``anonymized`` over ``original`` (RGB frames of one size) inside the
     landmark hull, eroded by ``NOISE_ERODE`` of the face's size; NaN for a clean original or a face
     too small to measure."""
     height, width = original.shape[:2]
@@ -65,7 +65,7 @@ def noise_ratio(original: np.ndarray, anonymized: np.ndarray, landmarks68: np.nd
     reach = max(1, int(round(NOISE_ERODE * float(np.ptp(points, axis=0).max()))))
     inside = cv2.erode(hull, np.ones((2 * reach + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
                        borderValue=0) > 0  # fmt: skip
-    before = noise.noise_levels(original[y1:y2, x1:x2], inside)[0, 0]
+    before = noise.noise_levels(original[y1:y2, x1:x2], inside)[3]
     if not before >= noise.CLEAN:
         return float("nan")
-    return float(noise.noise_levels(anonymized[y1:y2, x1:x2], inside)[0, 0] / before)
+    return float(noise.noise_levels(anonymized[y1:y2, x1:x2], inside)[3] / before)
