@@ -15,7 +15,7 @@ Two paths with the same result (up to one grey level of rounding):
 
 Both give each face the sensor noise it lacks against the frame it is pasted into, measured there
 at the frame's resolution (``match_noise``; :mod:`streamanon.noise`, :mod:`streamanon.noise_torch`:
-the same tiles at the same seeded offsets, so the same grain).
+the same tile at the same seeded offsets, so the same grain).
 
 Needs no landmark predictor or video I/O, so the GPU-side cost of generate mode can be timed on
 its own (``benchmarks/bench_face_path.py``).
