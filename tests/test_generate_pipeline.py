@@ -185,10 +185,26 @@ def test_the_guard_rechecks_a_shown_identity_when_due(frames, check_seconds, che
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
         {"replace.mode": "generate", "generate.guard_check_seconds": check_seconds}))  # fmt: skip
     chosen = _counting(anonymizer, "choose")
-    checked = _counting(anonymizer, "still_unlike")
+    checked = _counting(anonymizer, "recheck_margin")
     for i, image in enumerate(frames[:3]):
         anonymizer.process_frame(Frame(image, i))
     assert len(chosen) == 1 and len(checked) == checks  # frames 1 and 2 at 25 fps: 0.04 s apart
+
+
+@pytest.mark.parametrize("margin, checks", [(0.01, 2), (0.2, 1)])
+def test_an_identity_that_passes_narrowly_is_checked_again_on_the_next_frame(frames, margin, checks):
+    """Due every 0.08 s (two frames): a check at frame 2 passed by less than CLOSE_MARGIN brings the
+    next one to frame 3; a comfortable pass leaves it at frame 4."""
+    from streamanon.generate.identities import CLOSE_MARGIN
+
+    assert 0.01 < CLOSE_MARGIN < 0.2
+    anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
+        {"replace.mode": "generate", "generate.guard_check_seconds": 0.08}))  # fmt: skip
+    checked = _counting(anonymizer, "recheck_margin", result=margin)
+    for i, image in enumerate(frames[:4]):
+        _, stats = anonymizer.process_frame(Frame(image, i))
+        assert stats.generated == 1
+    assert [args[0].track_id for args in checked] == [1] * checks
 
 
 def test_rechecks_of_several_faces_take_turns(frames):
@@ -200,7 +216,7 @@ def test_rechecks_of_several_faces_take_turns(frames):
         {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
     _, stats = anonymizer.process_frame(Frame(pair[0], 0))
     assert stats.generated == 2
-    checked = _counting(anonymizer, "still_unlike")
+    checked = _counting(anonymizer, "recheck_margin")
     per_frame = []
     for i, image in enumerate(pair[1:], start=1):
         before = len(checked)
@@ -216,7 +232,7 @@ def test_an_identity_that_fails_its_check_is_replaced(frames):
         {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
     anonymizer.process_frame(Frame(frames[0], 0))
     chosen = _counting(anonymizer, "choose")
-    _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
+    _counting(anonymizer, "recheck_margin", result=-0.01)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))
     assert len(chosen) == 1 and stats.generated == 1
 
@@ -287,7 +303,7 @@ def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(fr
     assert stats.generated == 1
     _wait_for_choices(anonymizer)
     chosen = _counting(anonymizer, "choose")
-    checked = _counting(anonymizer, "still_unlike", result=False)  # as if the face came close to its original
+    checked = _counting(anonymizer, "recheck_margin", result=-0.01)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[2], 2))
     assert stats.generated == 1 and len(anonymizer.identities.checking) == 1  # shown while its check runs
     _wait_for_choices(anonymizer)

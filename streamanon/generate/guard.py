@@ -251,7 +251,13 @@ class IdentityGuard:
         an observer estimates the landmarks of the shown face anew, and slightly differently; a
         choice accepted inside that margin keeps its own distance less ``RECHECK_DRIFT``, and
         never less than the threshold."""
-        return bool(self.recheck_distance(face, choice, view or crop_view(face)) >= self.recheck_bar(choice))
+        return bool(self.recheck_margin(face, choice, view) >= 0.0)
+
+    def recheck_margin(self, face: AlignedFace, choice: IdentityChoice, view: View | None = None) -> float:
+        """How far ``choice``'s face is past its re-check bar in this view: :meth:`still_unlike`
+        when it is >= 0, and a measure of how soon to look again (the caller checks a face that
+        passed narrowly sooner)."""
+        return self.recheck_distance(face, choice, view or crop_view(face)) - self.recheck_bar(choice)
 
     def recheck_distance(self, face: AlignedFace, choice: IdentityChoice, view: View) -> float:
         """The distance of ``choice``'s face, as shown in ``view``, to the original there: as
