@@ -49,7 +49,7 @@ MEDIAN_TO_SIGMA = 1.0 / (0.6745 * 6.0)
 # moves smoothly with the noise; narrower bins left it on steps of 1 / (0.6745 * 6) = 0.25 levels.
 BIN = 1.0
 BINS = 1024  # up to a magnitude of 1023 (a noise level of ~250 grey levels)
-TILE = 512  # px: period of the noise tiles; a face larger than this repeats its grain
+TILE = 512  # px: period of the noise tile; a face larger than this repeats its grain
 MAX_SAMPLES = 40_000  # region pixels a level is measured on at most (every k-th row beyond)
 MIN_PIXELS = 64  # fewer region pixels than this: no estimate (no noise added)
 OPAQUE = 0.999  # alpha from which a pasted pixel counts as the face's for measuring
@@ -58,7 +58,7 @@ OPAQUE = 0.999  # alpha from which a pasted pixel counts as the face's for measu
 # at 0.5, the faint noise added to the shared talking clips moved the identity guard's choices,
 # and the privacy audit found 3 leak frames between two re-checks on one of them (0 without it).
 CLEAN = 1.0
-MAX_SIGMA = 25.0  # grey levels: cap per channel (an estimate this high is texture, not noise)
+MAX_SIGMA = 25.0  # grey levels: cap per noise part (an estimate this high is texture, not noise)
 
 
 def grouped_median(magnitudes: np.ndarray, where: np.ndarray | None = None, channel: int = 0) -> float:
