@@ -107,7 +107,7 @@ class TrackIdentities:
                 view = view_of(face, False)
                 safe = choice is not None and choice.safe
                 margin = self.guard.recheck_margin(face, choice, view) if safe else -1.0
-                if margin < 0.0:
+                if not margin >= 0.0:  # NaN (no measurement) fails too
                     choice = self._record(tid, self.guard.choose(face, self.seed, view), t)
                 else:
                     self.check_at[tid] = self._next_check(t, margin)

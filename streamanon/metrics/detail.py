@@ -53,9 +53,9 @@ NOISE_ERODE = 0.08  # of the landmarks' larger extent
 
 
 def noise_ratio(original: np.ndarray, anonymized: np.ndarray, landmarks68: np.ndarray) -> float:
-    """Noise level of the channels' mean of ``anonymized`` over ``original`` (RGB frames of one size) inside the
-    landmark hull, eroded by ``NOISE_ERODE`` of the face's size; NaN for a clean original or a face
-    too small to measure."""
+    """Noise level of the channels' mean of ``anonymized`` over ``original`` (RGB frames of one
+    size) inside the landmark hull, eroded by ``NOISE_ERODE`` of the face's size; NaN for a clean
+    original or a face too small to measure."""
     height, width = original.shape[:2]
     x1, y1, x2, y2 = regions.box_of(landmarks68, height, width, margin=0.0)
     if x2 <= x1 or y2 <= y1:
