@@ -11,7 +11,7 @@ and evaluated against.
 Runs the installed ``streamanon`` commands (whole jobs, default settings), keeps the anonymized
 clips and eval JSON in a temporary folder, and writes one JSON summary:
 per clip the faces evaluated, leak frames, identity switches and the mean embedding distance,
-and the totals that README's privacy audit quotes. About 30 minutes on 2 CPU cores.
+and the totals that README's privacy audit quotes. About 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -139,10 +139,11 @@ def window_offset(height: int, width: int, seed: int) -> tuple[int, int]:
     return top, left
 
 
-def tile_window(height: int, width: int, seed: int) -> np.ndarray:
-    """A ``(height, width, 4)`` window of :func:`noise_tile` at :func:`window_offset` (a view when it
-    fits in the tile; wrapping around it otherwise)."""
-    tile = noise_tile()
+def tile_window(height: int, width: int, seed: int, tile=None):
+    """A ``(height, width, 4)`` window of ``tile`` (default :func:`noise_tile`; the device path
+    passes its uploaded copy, a tensor) at :func:`window_offset`: a view when it fits in the tile,
+    wrapping around it otherwise."""
+    tile = noise_tile() if tile is None else tile
     top, left = window_offset(height, width, seed)
     if top + height <= TILE and left + width <= TILE:
         return tile[top : top + height, left : left + width]

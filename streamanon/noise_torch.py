@@ -98,15 +98,7 @@ def missing_sigmas(frame_levels: torch.Tensor, face_levels: torch.Tensor) -> tor
 
 def noise_from(sigmas: torch.Tensor, height: int, width: int, seed: int) -> torch.Tensor:
     """:func:`streamanon.noise.noise_from` on ``sigmas``' device: the same tile window, the same values."""
-    constants = _on(sigmas.device)
-    tile = constants.tile
-    top, left = noise.window_offset(height, width, seed)
-    if top + height <= noise.TILE and left + width <= noise.TILE:
-        window = tile[top : top + height, left : left + width]
-    else:
-        rows = (top + torch.arange(height, device=sigmas.device)) % noise.TILE
-        cols = (left + torch.arange(width, device=sigmas.device)) % noise.TILE
-        window = tile[rows[:, None], cols]
+    window = noise.tile_window(height, width, seed, _on(sigmas.device).tile)
     # Grey part into every channel, plus each channel's own.
     return window[..., :1] * sigmas[0] + window[..., 1:] * sigmas[1:]
 
