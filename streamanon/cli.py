@@ -36,7 +36,7 @@ from typing import Iterator
 
 import click
 
-from .config import LANDMARK_BACKENDS, MODES, load_config
+from .config import LANDMARK_BACKENDS, MODES, load_config, rotations_from_text
 from .errors import UserError
 
 EXIT_USER_ERROR = 1
@@ -94,6 +94,16 @@ def _terminate_cleanly() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def parse_rotations(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
+    """``--detect-rotations``: ``all`` or comma-separated angles -> a tuple of whole degrees."""
+    if value is None:
+        return None
+    try:
+        return rotations_from_text(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def pipeline_options(command):
     """Options shared by every command that runs the anonymization pipeline (file, stream)."""
     options = [
@@ -110,6 +120,13 @@ def pipeline_options(command):
             "--detect-every",
             type=click.IntRange(1, 1000),
             help="Search the whole frame every N frames, in between only around tracked faces [1].",
+        ),
+        click.option(
+            "--detect-rotations",
+            callback=parse_rotations,
+            metavar="ANGLES",
+            help="Also search the frame turned by these angles, e.g. 0,90,180,270 or 'all' (faces at any roll: "
+            "overhead cameras, people lying down; one detection run per angle) [0].",
         ),
         click.option("--max-missed", type=click.IntRange(0, 1000), help="Frames a lost face stays hidden [12]."),
         click.option("--margin", type=click.FloatRange(0.0, 2.0), help="Grow each face box by this fraction [0.15]."),
@@ -149,6 +166,7 @@ def config_from_options(opts: dict):
         "detect.threshold": opts.get("threshold"),
         "detect.scale": opts.get("detect_scale"),
         "detect.every": opts.get("detect_every"),
+        "detect.rotations": opts.get("detect_rotations"),
         "track.max_missed": opts.get("max_missed"),
         "replace.margin": opts.get("margin"),
         "generate.weights": opts.get("weights"),

@@ -9,6 +9,7 @@ from typing import Callable
 
 import click
 
+from ..cli import parse_rotations
 from ..errors import UserError
 
 BASELINE_MODES = ("blur", "pixelate", "solid")
@@ -24,8 +25,9 @@ def _parse_baselines(value: str | None) -> list[str]:
     return list(dict.fromkeys(modes))  # keep order, drop repeats
 
 
-def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
-    """Anonymize ``original`` with the pipeline in ``mode``; return the output path."""
+def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int, ...] = (0,)) -> Path:
+    """Anonymize ``original`` with the pipeline in ``mode`` (detecting at ``rotations``); return the
+    output path."""
     from ..config import load_config
     from ..io.images import is_image_path
     from ..pipeline import anonymize_file
@@ -37,7 +39,7 @@ def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
     else:
         # Matroska holds H.264 next to any audio codec the source may carry (mp2, pcm, ...).
         dst = workdir / f"{mode}.mkv"
-    anonymize_file(original, dst, load_config(overrides={"replace.mode": mode}))
+    anonymize_file(original, dst, load_config(overrides={"replace.mode": mode, "detect.rotations": rotations}))
     return dst
 
 
@@ -52,6 +54,9 @@ def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
 @click.option("--max-frames", type=click.IntRange(1, None), default=None, help="Evaluate only the first N frames.")
 @click.option("--threshold", type=click.FloatRange(0.01, 0.99), default=0.4, show_default=True,
               help="CenterFace score threshold for faces of the original.")
+@click.option("--detect-rotations", default=None, metavar="ANGLES", callback=parse_rotations,
+              help="Also search the original's frames turned by these angles (0,90,180,270 or 'all'), as "
+                   "`streamanon file --detect-rotations` does, for footage with faces at any roll [0].")
 @click.option("--no-hog", is_flag=True, help="Skip the dlib HOG detection rate (slow on large frames).")
 @click.option("--emotion-weights", type=click.Path(dir_okay=False), default=None,
               help="Emotion classifier checkpoint (default: the shipped one).")
@@ -59,8 +64,8 @@ def run_baseline(original: Path, mode: str, workdir: Path) -> Path:
               help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default: $STREAMANON_MODELS "
                    "or the torch hub cache, else FID is reported unavailable.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
-def eval_command(original: Path, anonymized: Path, json_path, report_path, baselines, max_frames, threshold, no_hog,
-                 emotion_weights, inception_weights, quiet) -> None:
+def eval_command(original: Path, anonymized: Path, json_path, report_path, baselines, max_frames, threshold,
+                 detect_rotations, no_hog, emotion_weights, inception_weights, quiet) -> None:
     """Measure ANONYMIZED against ORIGINAL (two videos, or two folders of same-named images).
 
     Privacy (detection, re-identification, leaks), utility (pose, expression, emotion,
@@ -74,7 +79,7 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
     # The evaluation takes minutes: a path that cannot be written must fail before it, not after.
     _check_outputs({"--json": json_path, "--report": report_path}, (original, anonymized))
     options = EvalOptions(
-        detect_threshold=threshold, max_frames=max_frames, hog=not no_hog,
+        detect_threshold=threshold, detect_rotations=detect_rotations or (0,), max_frames=max_frames, hog=not no_hog,
         emotion_weights=emotion_weights, inception_weights=inception_weights,
     )
     models = Models.load(options)
@@ -88,7 +93,7 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
             for mode in modes:
                 if not quiet:
                     click.echo(f"running baseline '{mode}' ...", err=True)
-                produced = run_baseline(original, mode, Path(tmp))
+                produced = run_baseline(original, mode, Path(tmp), options.detect_rotations)
                 row, worst = _evaluate(original, produced, _with_label(options, mode), models, show_progress)
                 row["anonymized"] = f"<{mode} baseline>"
                 rows.append(row)

@@ -62,6 +62,8 @@ class EvalOptions:
     """What to measure and with which models."""
 
     detect_threshold: float = 0.4
+    # Angles the original's frames are also searched at (``detect.rotations``): faces at any roll.
+    detect_rotations: tuple[int, ...] = (0,)
     max_frames: int | None = None  # evaluate only the first N frames
     hog: bool = True  # dlib HOG detection rate (slow on large frames)
     emotion_weights: str | None = None  # None = the shipped checkpoint
@@ -231,7 +233,7 @@ class Models:
                     raise
                 notes.append(f"emotion agreement unavailable: {exc}")
         return cls(
-            detector=CenterFaceDetector(threshold=options.detect_threshold),
+            detector=CenterFaceDetector(threshold=options.detect_threshold, rotations=options.detect_rotations),
             landmarks=LandmarkPredictor(),
             embedder=default_embedder(),
             hog=(DlibHogDetector(upsample=1), DlibHogDetector(upsample=0)) if options.hog else None,
