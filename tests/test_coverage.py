@@ -1,0 +1,116 @@
+"""streamanon.metrics.coverage: how much of an annotated face the anonymization hides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamanon.config import ReplaceConfig
+from streamanon.metrics.coverage import (
+    changed_pixels,
+    hidden_region,
+    hidden_share,
+    inner_face_mask,
+    verdict,
+)
+
+
+def square_face(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
+    """68 points whose inner face (17-67) fills the square (x1, y1)-(x2, y2); the jaw far off."""
+    points = np.zeros((68, 2), np.float32)
+    points[:17] = (-100.0, -100.0)  # the jaw line is not part of the inner face
+    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+    points[17:] = corners[np.arange(51) % 4]
+    return points
+
+
+def test_inner_face_ignores_the_jaw_line():
+    mask = inner_face_mask(square_face(10, 10, 29, 29), 50, 50)
+    assert mask[10:30, 10:30].all()
+    assert mask.sum() == 400
+
+
+def test_hidden_share_counts_the_covered_part_of_the_inner_face():
+    face = square_face(10, 10, 29, 29)
+    hidden = np.zeros((50, 50), bool)
+    hidden[:, :20] = True  # the left half of the square
+    assert hidden_share(hidden, face) == pytest.approx(0.5)
+    hidden[:] = True
+    assert hidden_share(hidden, face) == 1.0
+    assert np.isnan(hidden_share(hidden, square_face(200, 200, 240, 240)))
+
+
+def test_changed_pixels_leave_out_differences_of_two_levels_or_less():
+    original = np.full((4, 4, 3), 100, np.uint8)
+    anonymized = original.copy()
+    anonymized[0, 0, 1] = 102  # within the tolerance: still the original
+    anonymized[1, 1, 2] = 97  # 3 levels darker in one channel: changed
+    changed = changed_pixels(original, anonymized)
+    assert changed.sum() == 1 and changed[1, 1]
+    with pytest.raises(ValueError, match="shape"):
+        changed_pixels(original, original[:2])
+
+
+def test_hidden_region_covers_the_face_box_and_stops_before_the_far_corners():
+    box = np.array([40, 30, 80, 90], np.float32)
+    region = hidden_region([box], 160, 160, ReplaceConfig())
+    assert region[30:91, 40:81].all()  # every pixel of the face box is replaced completely
+    assert not region[0, 0] and not region[159, 159]
+    assert not hidden_region([], 160, 160, ReplaceConfig()).any()
+
+
+def test_verdicts():
+    assert [verdict(s) for s in (1.0, 0.99, 0.7, 0.49, float("nan"))] == [
+        "hidden", "hidden", "partly", "missed", "outside"
+    ]  # fmt: skip
+
+
+def turned_photo(relative: str, turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """A shared annotated photo and its 68 points, turned by ``turns`` quarter turns (np.rot90)."""
+    from conftest import shared_path
+
+    from streamanon.faces.landmarks import read_pts
+    from streamanon.io.images import read_image
+
+    path = shared_path(relative)
+    image, points = read_image(path), read_pts(path.with_suffix(".pts"))
+    for _ in range(turns):  # pixel centres: column x of width W lands on row W - 1 - x
+        points = np.stack([points[:, 1], image.shape[1] - 1 - points[:, 0]], axis=1)
+        image = np.rot90(image)
+    return np.ascontiguousarray(image), points
+
+
+@pytest.mark.parametrize("mode", ["solid", "generate"])
+def test_faces_turned_sideways_are_hidden_with_all_rotations(mode):
+    """A HELEN face on a photo turned by 90 degrees: upright-only detection leaves it visible
+    (benchmarks/face_recall.py), ``detect.rotations`` = all hides (or generates) it."""
+    from streamanon import Anonymizer, load_config
+    from streamanon.types import Frame
+
+    image, points = turned_photo("landmarks68/helen_test/3004312424_1.jpg", 1)
+    shares = {}
+    for rotations in ([0], [0, 90, 180, 270]):
+        anonymizer = Anonymizer(load_config(overrides={"replace.mode": mode, "detect.rotations": rotations}))
+        out, stats = anonymizer.process_frame(Frame(image, 0))
+        shares[len(rotations)] = hidden_share(changed_pixels(image, out), points)
+        if len(rotations) == 4 and mode == "generate":
+            assert stats.generated == 1  # a generated face, not the blur fallback
+    assert shares[1] < 0.5, shares
+    assert shares[4] >= 0.99, shares
+
+
+def test_detect_rotations_option(capsys):
+    from streamanon.cli import config_from_options, main
+    from streamanon.config import load_config
+
+    assert config_from_options({}).detect.rotations == (0,)
+    assert config_from_options({"detect_rotations": (0, 90)}).detect.rotations == (0, 90)
+    for bad in ("0,45", "up", "90,90", ""):
+        code = main(["file", "in.mp4", "out.mp4", "--detect-rotations", bad])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "0,90,180,270" in err, (bad, err)
+    code = main(["eval", "--detect-rotations", "45", __file__, __file__])  # eval takes the same angles
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "0,90,180,270" in err, err
+    with pytest.raises(Exception, match="detect.rotations"):  # the same bound from a settings file
+        load_config(overrides={"detect.rotations": [0, 45]})
