@@ -25,6 +25,7 @@ import json
 import platform
 import sys
 import time
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from streamanon.config import load_config
+from streamanon.errors import UserError
 from streamanon.faces.landmarks import inter_ocular, read_pts
 from streamanon.io.images import read_image
 from streamanon.metrics.coverage import changed_pixels, hidden_region, hidden_share, verdict
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", default="0.4", help="comma list of detection thresholds")
     parser.add_argument("--conditions", default="original", help=f"comma list of {', '.join(CONDITIONS)}, or all")
     parser.add_argument("--rotations", default="0", help="detect.rotations, e.g. 0,90,180,270 (default: upright only)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other setting, as in a TOML file, e.g. --set detect.scale=2 (repeatable)")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--limit", type=int, default=None, help="photos per set (default: all)")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -172,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--conditions takes {', '.join(CONDITIONS)} or all")
     photos = annotated_photos(args.data, args.sets.split(","), args.limit)
     rotations = [int(angle) for angle in args.rotations.split(",")]
+    try:
+        settings = {key: tomllib.loads(f"v = {value}")["v"] for key, value in (s.split("=", 1) for s in args.settings)}
+    except (ValueError, tomllib.TOMLDecodeError):
+        parser.error("--set takes KEY=VALUE with a TOML value, e.g. detect.scale=2")
 
     runs = []
     for mode in modes:
         for threshold in (float(t) for t in args.thresholds.split(",")):
-            config = load_config(overrides={"replace.mode": "solid" if mode == "hide" else "generate",
+            config = load_config(overrides={**settings, "replace.mode": "solid" if mode == "hide" else "generate",
                                             "detect.threshold": threshold, "detect.rotations": rotations})  # fmt: skip
             anonymizer = Anonymizer(config)
             for condition in conditions:
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = {name: summarise(r) for name, r in rows.items()}
                 summary["all"] = summarise([r for r in rows.values() for r in r])
                 runs.append({"mode": mode, "threshold": threshold, "condition": condition, "rotations": rotations,
+                             "settings": settings,
                              "seconds": round(seconds, 1), "summary": summary, "faces": rows})  # fmt: skip
                 print_run(runs[-1])
 
@@ -202,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_run(run: dict) -> None:
     """One table per run: recall per set and per size bin, then the faces not fully hidden."""
+    extra = "".join(f", {key} = {value}" for key, value in run["settings"].items())
     print(f"\n{run['mode']} mode, {run['condition']}, detection threshold {run['threshold']}, "
-          f"rotations {','.join(map(str, run['rotations']))} ({run['seconds']} s)")
+          f"rotations {','.join(map(str, run['rotations']))}{extra} ({run['seconds']} s)")
     print(f"{'set':<12}{'faces':>7}{'hidden':>8}{'partly':>8}{'missed':>8}{'recall':>8}   by inter-ocular px")
     for name, summary in run["summary"].items():
         overall = summary["all"]
@@ -219,4 +229,7 @@ def print_run(run: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as exc:  # a bad --set value: one line, as the CLI says it
+        sys.exit(f"face_recall: {exc}")

@@ -114,3 +114,31 @@ def test_detect_rotations_option(capsys):
     assert code == 2 and "0,90,180,270" in err, err
     with pytest.raises(Exception, match="detect.rotations"):  # the same bound from a settings file
         load_config(overrides={"detect.rotations": [0, 45]})
+
+
+def test_face_recall_benchmark_on_a_few_photos(tmp_path):
+    """benchmarks/face_recall.py end to end on three HELEN photos, upright and turned by 90
+    degrees, detecting at all rotations: every face hidden, the JSON complete."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import shared_path
+
+    data = shared_path("landmarks68")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "face_recall.py"
+    out = tmp_path / "recall.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(data), "--sets", "helen_test", "--limit", "3",
+         "--conditions", "original,roll90", "--rotations", "0,90,180,270", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["condition"] for run in runs] == ["original", "roll90"]
+    for run in runs:
+        assert run["rotations"] == [0, 90, 180, 270]
+        assert run["summary"]["all"]["all"] == {"faces": 3, "hidden": 3, "partly": 0, "missed": 0, "recall": 1.0}
+        assert all(row["share"] >= 0.99 and row["faces_found"] >= 1 for row in run["faces"]["helen_test"])
+    assert "recall" in done.stdout
