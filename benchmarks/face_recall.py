@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import tomllib
@@ -32,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamanon.bench.environment import describe_device
 from streamanon.config import load_config
 from streamanon.errors import UserError
 from streamanon.faces.landmarks import inter_ocular, read_pts
@@ -92,6 +92,7 @@ CONDITIONS = {
     "grey": _grey,
     "motion": _motion,
     "roll30": _rotated(30),
+    "roll45": _rotated(45),
     "roll60": _rotated(60),
     "roll90": _rotated(90),
     "roll180": _rotated(180),
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="photos per set (default: all)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument("--all-faces", action="store_true",
+                        help="keep every face's row in the JSON (default: only those not fully hidden)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"hide", "generate"}:
@@ -193,17 +196,22 @@ def main(argv: list[str] | None = None) -> int:
                 for name, photo in photos:
                     rows[name].append(measure(anonymizer, mode, photo, condition))
                 seconds = time.perf_counter() - started
-                summary = {name: summarise(r) for name, r in rows.items()}
-                summary["all"] = summarise([r for r in rows.values() for r in r])
-                runs.append({"mode": mode, "threshold": threshold, "condition": condition, "rotations": rotations,
-                             "settings": settings,
-                             "seconds": round(seconds, 1), "summary": summary, "faces": rows})  # fmt: skip
+                summary = {name: summarise(set_rows) for name, set_rows in rows.items()}
+                summary["all"] = summarise([row for set_rows in rows.values() for row in set_rows])
+                not_hidden = {name: [row for row in set_rows if row["verdict"] != "hidden"]
+                              for name, set_rows in rows.items()}  # fmt: skip
+                run = {"mode": mode, "threshold": threshold, "condition": condition, "rotations": rotations,
+                       "settings": settings, "seconds": round(seconds, 1), "summary": summary,
+                       "not_hidden": not_hidden}  # fmt: skip
+                if args.all_faces:
+                    run["faces"] = rows
+                runs.append(run)
                 print_run(runs[-1])
 
     stamp = datetime.now(timezone.utc)
     out = args.out or ROOT / "benchmarks" / "results" / f"face-recall-{stamp:%Y-%m-%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"when": stamp.isoformat(), "machine": platform.processor() or platform.machine(),
+    out.write_text(json.dumps({"when": stamp.isoformat(), "machine": describe_device("cpu"),
                                "data": str(args.data), "runs": runs}, indent=1))  # fmt: skip
     print(f"wrote {out}")
     return 0
@@ -222,7 +230,7 @@ def print_run(run: dict) -> None:
         )
         print(f"{name:<12}{overall['faces']:>7}{overall['hidden']:>8}{overall['partly']:>8}{overall['missed']:>8}"
               f"{overall['recall']:>8.3f}   {sizes}")  # fmt: skip
-    not_hidden = [(name, row) for name, rows in run["faces"].items() for row in rows if row["verdict"] != "hidden"]
+    not_hidden = [(name, row) for name, rows in run["not_hidden"].items() for row in rows]
     for name, row in not_hidden[:SHOW_NOT_HIDDEN]:
         print(f"  {row['verdict']:<7} {name}/{row['photo']}: share {row['share']:.3f}, "
                       f"inter-ocular {row['inter_ocular_px']} px, faces found {row['faces_found']}")  # fmt: skip

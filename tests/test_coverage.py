@@ -131,7 +131,7 @@ def test_face_recall_benchmark_on_a_few_photos(tmp_path):
     out = tmp_path / "recall.json"
     done = subprocess.run(
         [sys.executable, str(script), "--data", str(data), "--sets", "helen_test", "--limit", "3",
-         "--conditions", "original,roll90", "--rotations", "0,90,180,270", "--out", str(out)],
+         "--conditions", "original,roll90", "--rotations", "0,90,180,270", "--out", str(out), "--all-faces"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -141,4 +141,5 @@ def test_face_recall_benchmark_on_a_few_photos(tmp_path):
         assert run["rotations"] == [0, 90, 180, 270]
         assert run["summary"]["all"]["all"] == {"faces": 3, "hidden": 3, "partly": 0, "missed": 0, "recall": 1.0}
         assert all(row["share"] >= 0.99 and row["faces_found"] >= 1 for row in run["faces"]["helen_test"])
+        assert run["not_hidden"] == {"helen_test": []}
     assert "recall" in done.stdout
