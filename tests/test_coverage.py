@@ -7,6 +7,7 @@ import pytest
 
 from streamanon.config import ReplaceConfig
 from streamanon.metrics.coverage import (
+    change_window,
     changed_pixels,
     hidden_region,
     hidden_share,
@@ -49,6 +50,25 @@ def test_changed_pixels_leave_out_differences_of_two_levels_or_less():
     assert changed.sum() == 1 and changed[1, 1]
     with pytest.raises(ValueError, match="shape"):
         changed_pixels(original, original[:2])
+    with pytest.raises(ValueError, match="odd"):
+        changed_pixels(original, anonymized, window=4)
+
+
+def test_a_window_counts_thin_crossings_as_changed_but_not_an_untouched_patch():
+    """A replaced region crosses the original's values along thin lines; averaged over a window
+    those count as changed, while a patch left as it was stays unchanged."""
+    original = np.full((60, 60, 3), 100, np.uint8)
+    anonymized = np.full((60, 60, 3), 120, np.uint8)
+    anonymized[:, 30] = 100  # a one-pixel contour where the new face meets the old value
+    anonymized[5:17, 5:17] = 100  # a 12 px patch still showing the original
+    per_pixel = changed_pixels(original, anonymized)
+    assert not per_pixel[:, 30].any()
+    windowed = changed_pixels(original, anonymized, window=5)
+    assert windowed[20:, 30].all()
+    assert not windowed[9:13, 9:13].any()  # the patch's core, farther than the window from its edge
+    face = np.zeros((68, 2))
+    face[36], face[45] = (0, 0), (100, 0)
+    assert change_window(face) == 11  # a tenth of the eye distance, odd
 
 
 def test_hidden_region_covers_the_face_box_and_stops_before_the_far_corners():
@@ -92,7 +112,7 @@ def test_faces_turned_sideways_are_hidden_with_all_rotations(mode):
     for rotations in ([0], [0, 90, 180, 270]):
         anonymizer = Anonymizer(load_config(overrides={"replace.mode": mode, "detect.rotations": rotations}))
         out, stats = anonymizer.process_frame(Frame(image, 0))
-        shares[len(rotations)] = hidden_share(changed_pixels(image, out), points)
+        shares[len(rotations)] = hidden_share(changed_pixels(image, out, window=change_window(points)), points)
         if len(rotations) == 4 and mode == "generate":
             assert stats.generated == 1  # a generated face, not the blur fallback
     assert shares[1] < 0.5, shares
