@@ -521,12 +521,16 @@ class CenterFaceDetector:
         big = sides >= self.min_size
         boxes, scores, points, tier, upright = boxes[big], scores[big], points[big], tier[big], upright[big]
         priority = tier * 2.0 + scores
+        absorbable = tier == 0
         if len(self.turns) > 1:
             # A face seen by several turned passes keeps the one that saw it upright: the others'
             # keypoints are the network's upright template forced onto a turned face, and the
-            # landmark stage would turn the face by their eye line.
+            # landmark stage would turn the face by their eye line. Those others also find parts
+            # of a face (a box around eyes and nose inside the face's box, which generate mode
+            # would blur inside the new face): absorbed when mostly inside a kept box.
             priority += 4.0 * upright
-        keep = nms(boxes, scores, self.nms_iou, priority=priority, absorbable=tier == 0)
+            absorbable |= ~upright
+        keep = nms(boxes, scores, self.nms_iou, priority=priority, absorbable=absorbable)
         return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), points[keep].astype(np.float32))
 
 
