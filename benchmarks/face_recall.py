@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"face-recall-{stamp:%Y-%m-%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"when": stamp.isoformat(), "machine": describe_device("cpu"),
-                               "data": str(args.data), "runs": runs}, indent=1))  # fmt: skip
+                               "data": os.path.relpath(args.data, ROOT), "runs": runs}, indent=1))  # fmt: skip
     print(f"wrote {out}")
     return 0
 
