@@ -3,6 +3,7 @@
     python benchmarks/face_recall.py                           # hide modes at the default threshold
     python benchmarks/face_recall.py --thresholds 0.2,0.3,0.4,0.5 --modes hide
     python benchmarks/face_recall.py --modes hide,generate --limit 100
+    python benchmarks/face_recall.py --conditions all --rotations all   # faces at any roll
 
 Each photo of ``../shared/data/landmarks68`` (300-W's HELEN test set and AFW: one annotated face a
 file; other faces in AFW photos are not annotated) goes through the pipeline as
@@ -34,7 +35,7 @@ import cv2
 import numpy as np
 
 from streamanon.bench.environment import describe_device
-from streamanon.config import load_config
+from streamanon.config import load_config, rotations_from_text
 from streamanon.errors import UserError
 from streamanon.faces.landmarks import inter_ocular, read_pts
 from streamanon.io.images import read_image
@@ -45,8 +46,6 @@ from streamanon.types import Frame
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "landmarks68"
 SETS = ("helen_test", "afw")
-# Hard conditions, each applied to the photo and its annotation: name -> (image, points) -> (image, points).
-# Faces of AFW are already 10-40 px between the eyes; "small" halves every photo again.
 
 
 def _rotated(degrees: float):
@@ -87,6 +86,8 @@ def _motion(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT), points
 
 
+# Hard conditions, each applied to the photo and its annotation: name -> (image, points) -> (image, points).
+# Faces of AFW are already 10-40 px between the eyes; "small" halves every photo again.
 CONDITIONS = {
     "original": lambda image, points: (image, points),
     "small": _small,
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="hide", help="comma list of hide, generate")
     parser.add_argument("--thresholds", default="0.4", help="comma list of detection thresholds")
     parser.add_argument("--conditions", default="original", help=f"comma list of {', '.join(CONDITIONS)}, or all")
-    parser.add_argument("--rotations", default="0", help="detect.rotations, e.g. 0,90,180,270 (default: upright only)")
+    parser.add_argument("--rotations", default="0", help="detect.rotations: 0,90,180,270 or all [0]")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, as in a TOML file, e.g. --set detect.scale=2 (repeatable)")
     parser.add_argument("--sets", default=",".join(SETS))
@@ -180,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     if set(conditions) - set(CONDITIONS):
         parser.error(f"--conditions takes {', '.join(CONDITIONS)} or all")
     photos = annotated_photos(args.data, args.sets.split(","), args.limit)
-    rotations = [int(angle) for angle in args.rotations.split(",")]
+    try:
+        rotations = list(rotations_from_text(args.rotations))
+    except ValueError as exc:
+        parser.error(f"--rotations: {exc}")
     try:
         settings = {key: tomllib.loads(f"v = {value}")["v"] for key, value in (s.split("=", 1) for s in args.settings)}
     except (ValueError, tomllib.TOMLDecodeError):
@@ -235,7 +239,9 @@ def print_run(run: dict) -> None:
     not_hidden = [(name, row) for name, rows in run["not_hidden"].items() for row in rows]
     for name, row in not_hidden[:SHOW_NOT_HIDDEN]:
         print(f"  {row['verdict']:<7} {name}/{row['photo']}: share {row['share']:.3f}, "
-                      f"inter-ocular {row['inter_ocular_px']} px, faces found {row['faces_found']}")  # fmt: skip
+              f"inter-ocular {row['inter_ocular_px']} px, faces found {row['faces_found']}")  # fmt: skip
+    if len(not_hidden) > SHOW_NOT_HIDDEN:
+        print(f"  ... and {len(not_hidden) - SHOW_NOT_HIDDEN} more (in the JSON)")
 
 
 if __name__ == "__main__":
