@@ -132,6 +132,10 @@ def test_detect_rotations_option(capsys):
     code = main(["eval", "--detect-rotations", "45", __file__, __file__])  # eval takes the same angles
     err = capsys.readouterr().err.strip()
     assert code == 2 and "0,90,180,270" in err, err
+    from streamanon.metrics.evaluate import EvalOptions, Models
+
+    models = Models.load(EvalOptions(detect_rotations=(0, 180), hog=False, emotion=False))
+    assert models.detector.turns == (0, 2)  # eval finds the original's faces at the same angles
     with pytest.raises(Exception, match="detect.rotations"):  # the same bound from a settings file
         load_config(overrides={"detect.rotations": [0, 45]})
 
