@@ -4,6 +4,7 @@ identity guard and the validation command (CPU)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -434,6 +435,48 @@ def test_a_recheck_holds_an_identity_to_the_bar_it_was_accepted_at(guard_parts, 
     choice = IdentityChoice(guard_latent(runtime, face, 0), 0, accepted, 2, True, "full")
     monkeypatch.setattr(guard, "recheck_distance", lambda *args: now)
     assert guard.still_unlike(face, choice) is kept
+
+
+def test_a_failed_identity_is_followed_by_a_successor_near_it(guard_parts):
+    """After a failed re-check the guard tries the old latent turned 30 degrees towards fresh
+    directions first: the new face is shown the same way, and it looks more like the old face
+    than a fresh choice does."""
+    from streamanon.generate.guard import SUCCESSOR_ANGLES
+
+    runtime, face, ways = guard_parts
+    guard = IdentityGuard(runtime, ways, candidates=BATCH, threshold=0.01)  # any candidate is far enough
+    old = guard.choose(face, seed=0)
+    bold = IdentityChoice(old.latent * BOLD_SCALE, old.attempt, 0.7, BATCH, True, "strict", BOLD_SCALE)
+    successor = guard.choose(face, seed=0, previous=bold)
+    assert successor.safe and successor.tried == BATCH and successor.attempt >= BATCH
+    assert (successor.postprocess, successor.scale) == ("strict", BOLD_SCALE)
+    angle = SUCCESSOR_ANGLES[0]
+    direction = guard_latent(runtime, face, successor.attempt)
+    np.testing.assert_allclose(successor.latent, (np.cos(angle) * old.latent + np.sin(angle) * direction) * BOLD_SCALE,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    fresh = guard.choose(face, seed=0, previous=replace(old, safe=False))  # an unsafe previous one is ignored
+    assert fresh.attempt == old.attempt and np.array_equal(fresh.latent, old.latent)
+
+    def shown(choice: IdentityChoice) -> np.ndarray:
+        return ways["full"](runtime([face], latents=choice.latent[None] / choice.scale), face.image[None],
+                            face.mask[None])[0].astype(int)  # fmt: skip
+
+    plain = replace(old, latent=old.latent, scale=1.0, postprocess="full")
+    near = guard.choose(face, seed=0, previous=plain)
+    others = [guard_latent(runtime, face, attempt) for attempt in range(BATCH) if attempt != old.attempt]
+    inside = face.mask > 0
+    near_change = np.abs(shown(near) - shown(old))[inside].mean()
+    fresh_changes = [np.abs(shown(replace(old, latent=code)) - shown(old))[inside].mean() for code in others]
+    assert near_change < min(fresh_changes)
+
+
+def test_no_successor_past_the_margin_gives_a_fresh_identity(guard_parts):
+    runtime, face, ways = guard_parts
+    old = IdentityChoice(guard_latent(runtime, face, 0), 0, 0.7, 2, True, "full")
+    guard = IdentityGuard(runtime, ways, candidates=2, threshold=1.99)  # nothing is that far
+    choice = guard.choose(face, seed=0, previous=old)
+    # two successor rounds of 2, then every ordinary candidate as for a new track (2 post-processings x 2 scales)
+    assert not choice.safe and choice.tried == 2 * 2 + 2 * 2 * 2 and choice.attempt < 2
 
 
 def guard_latent(runtime, face: AlignedFace, attempt: int) -> np.ndarray:

@@ -232,10 +232,12 @@ def test_an_identity_that_fails_its_check_is_replaced(frames, margin):
     anonymizer = Anonymizer(AnonymizerConfig().with_overrides(
         {"replace.mode": "generate", "generate.guard_check_seconds": 0.0}))  # fmt: skip
     anonymizer.process_frame(Frame(frames[0], 0))
+    (shown,) = anonymizer.identities.choices.values()
     chosen = _counting(anonymizer, "choose")
     _counting(anonymizer, "recheck_margin", result=margin)
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))
     assert len(chosen) == 1 and stats.generated == 1
+    assert chosen[0][3] is shown  # the failed identity is handed over: its successor is tried first
 
 
 def test_identities_of_tracks_the_tracker_dropped_are_forgotten(frames):
@@ -303,6 +305,7 @@ def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(fr
     _, stats = anonymizer.process_frame(Frame(frames[1], 1))  # its first re-check falls due at once
     assert stats.generated == 1
     _wait_for_choices(anonymizer)
+    (shown,) = anonymizer.identities.choices.values()
     chosen = _counting(anonymizer, "choose")
     checked = _counting(anonymizer, "recheck_margin", result=-0.01)  # as if the face came close to its original
     _, stats = anonymizer.process_frame(Frame(frames[2], 2))
@@ -312,7 +315,7 @@ def test_background_recheck_keeps_the_face_shown_until_it_fails_then_blurs_it(fr
     assert stats.generated == 0 and stats.fallback == 1  # the failed check: blurred, chosen again
     assert len(checked) == 1 and len(anonymizer.identities.choosing) == 1
     _wait_for_choices(anonymizer)
-    assert len(chosen) == 1
+    assert len(chosen) == 1 and chosen[0][3] is shown  # the successor of the failed identity first
     _, stats = anonymizer.process_frame(Frame(frames[0], 4))  # (the fixture holds 4 frames)
     assert stats.generated == 1
     anonymizer.reset()

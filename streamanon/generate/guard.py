@@ -102,6 +102,12 @@ BOLD_SCALE = 1.5
 # Among safe candidates, prefer those at least this far past the threshold (when there are any):
 # a little room for re-checks and for an observer's own landmarks.
 PREFERRED_MARGIN = 0.05
+# A shown identity that fails a re-check is replaced by a successor near it first: the old latent
+# turned by these angles (radians) towards each of a fresh set of directions, so that the face on
+# screen changes as little as the bar allows instead of becoming a random other person. Only a
+# successor past the full margin is taken (a marginal one would soon fail again); otherwise the
+# track gets a fresh identity as a new track would.
+SUCCESSOR_ANGLES = (np.pi / 6, np.pi / 3)
 # The observer that finds a candidate's own landmarks detects on views of at most this many pixels
 # a side (the predictor still sees them whole): on 80 HELEN faces in 403 px views (the pipeline's
 # padding) the same NME as at full size (0.0268 vs 0.0270) in 18 instead of 64 ms.
@@ -149,7 +155,7 @@ class IdentityChoice:
     """The guard's decision for one track."""
 
     latent: np.ndarray  # (latent_dim,) float32: the code to generate this track with
-    attempt: int  # which candidate of the track it is
+    attempt: int  # which candidate of the track it is (from ``candidates`` on: a successor's direction)
     distance: float  # dlib distance of that candidate's face to the original
     tried: int  # candidates rendered (over all post-processings)
     safe: bool  # distance >= threshold: show it; otherwise the face must be hidden another way
@@ -205,28 +211,28 @@ class IdentityGuard:
         self.landmarks = landmarks
         self.observer = observer if landmarks != "condition" else None
 
-    def choose(self, face: AlignedFace, seed: int, view: View | None = None) -> IdentityChoice:
+    def choose(self, face: AlignedFace, seed: int, view: View | None = None,
+               previous: IdentityChoice | None = None) -> IdentityChoice:  # fmt: skip
         """The identity for ``face``'s track (``face.track_id``), judged in ``view`` (default:
-        the crop; the pipeline passes the frame, where the original is sharper than the crop)."""
+        the crop; the pipeline passes the frame, where the original is sharper than the crop).
+        ``previous``: the identity the track showed until it failed a re-check; a successor near
+        it is tried first (see ``SUCCESSOR_ANGLES``)."""
         view = view or crop_view(face)
         reference = self.embedder.embed(view.image, view.landmarks)
         dim = self.generator.config.latent_dim
+        tried = 0
+        if previous is not None and previous.safe and previous.latent.size == dim:
+            successor, tried = self._successor(face, seed, view, reference, previous)
+            if successor is not None:
+                return successor
         codes = np.stack([track_latent(face.track_id, seed, dim, attempt=a) for a in range(self.candidates)])
         farthest: IdentityChoice | None = None
-        tried = 0
         rounds = [(name, 1.0) for name in self.postprocess] + [(name, BOLD_SCALE) for name in self.postprocess]
         for name, scale in rounds:
             scaled = (codes * scale).astype(np.float32)
-            distances, crops = [], []
-            for start in range(0, self.candidates, BATCH):
-                batch_distances, shown = self._distances(face, scaled[start : start + BATCH], name, view, reference)
-                distances.append(batch_distances)
-                crops.append(shown)
-                tried += len(batch_distances)
-                if batch_distances.max() >= self.threshold + MARGIN:
-                    break
-            distance = np.concatenate(distances)
-            k = self._pick(distance, np.concatenate(crops))
+            distance, crops = self._search(face, scaled, name, view, reference)
+            tried += len(distance)
+            k = self._pick(distance, crops)
             if k is not None:
                 return IdentityChoice(scaled[k], k, float(distance[k]), tried, True, name, scale)
             k = int(np.argmax(distance))
@@ -235,15 +241,57 @@ class IdentityGuard:
         assert farthest is not None
         return replace(farthest, tried=tried)
 
+    def _successor(self, face: AlignedFace, seed: int, view: View, reference: np.ndarray,
+                   previous: IdentityChoice) -> tuple[IdentityChoice | None, int]:  # fmt: skip
+        """A safe identity near ``previous`` past the full margin, shown the same way, and the
+        candidates rendered; None when no successor gets that far.
+
+        Each candidate is ``cos(a) z + sin(a) d_k`` (times the previous latent scale) for the old
+        standard-normal code ``z`` and fresh directions ``d_k`` (the track's candidates numbered
+        after the ordinary ones): standard normal again, so as typical a face as any candidate.
+        """
+        dim = self.generator.config.latent_dim
+        base = previous.latent / np.float32(previous.scale)
+        first = self.candidates  # directions independent of the ordinary candidates (and of z)
+        directions = np.stack([track_latent(face.track_id, seed, dim, attempt=first + k)
+                               for k in range(self.candidates)])  # fmt: skip
+        name = previous.postprocess if previous.postprocess in self.postprocess else next(iter(self.postprocess))
+        tried = 0
+        for angle in SUCCESSOR_ANGLES:
+            codes = ((np.cos(angle) * base + np.sin(angle) * directions) * previous.scale).astype(np.float32)
+            distance, crops = self._search(face, codes, name, view, reference)
+            tried += len(distance)
+            past = np.flatnonzero(distance >= self.threshold + MARGIN)
+            if len(past):
+                k = int(past[self._most_plausible(distance[past], crops[past])])
+                return IdentityChoice(codes[k], first + k, float(distance[k]), tried, True, name, previous.scale), tried
+        return None, tried
+
+    def _search(self, face: AlignedFace, codes: np.ndarray, postprocess: str, view: View,
+                reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Distances and rendered crops of ``codes`` in batches of ``BATCH``, stopping after the
+        first batch in which a candidate is past the full margin (only those rendered are returned)."""
+        distances, crops = [], []
+        for start in range(0, len(codes), BATCH):
+            batch_distances, shown = self._distances(face, codes[start : start + BATCH], postprocess, view, reference)
+            distances.append(batch_distances)
+            crops.append(shown)
+            if batch_distances.max() >= self.threshold + MARGIN:
+                break
+        return np.concatenate(distances), np.concatenate(crops)
+
     def _pick(self, distance: np.ndarray, crops: np.ndarray) -> int | None:
         """The most plausible candidate past the highest bar any candidate reaches (the farthest
         without a plausibility score); None if none is safe. Only those candidates are scored."""
         for bar in (self.threshold + MARGIN, self.threshold + PREFERRED_MARGIN, self.threshold):
             past = np.flatnonzero(distance >= bar)
             if len(past):
-                score = distance[past] if self.plausibility is None else self.plausibility(crops[past])
-                return int(past[np.argmax(score)])
+                return int(past[self._most_plausible(distance[past], crops[past])])
         return None
+
+    def _most_plausible(self, distance: np.ndarray, crops: np.ndarray) -> int:
+        """Index of the most face-like of these candidates (the farthest without a plausibility score)."""
+        return int(np.argmax(distance if self.plausibility is None else self.plausibility(crops)))
 
     def still_unlike(self, face: AlignedFace, choice: IdentityChoice, view: View | None = None) -> bool:
         """Whether ``choice`` is still unlike the original in this new view (a face that turns or

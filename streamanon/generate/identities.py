@@ -10,7 +10,8 @@ so the rules here fail closed:
   guard's thread) or when none is safe (retried every ``GUARD_RETRY_SECONDS``) it is left out;
 - a shown identity is re-checked every ``check_seconds``, on the next frame after a check it
   passed by less than ``CLOSE_MARGIN`` (at most ``RECHECKS_PER_FRAME`` checks a frame, the most
-  overdue first), and replaced at the first check it fails, or that fails to run;
+  overdue first), and replaced at the first check it fails, or that fails to run, by a successor
+  near it where the guard finds one (``IdentityGuard.choose(previous=...)``);
 - on the guard's thread a re-check runs while the identity stays shown, as between checks; a
   failed one leaves the face out from the next frame until a new choice is in.
 """
@@ -98,7 +99,7 @@ class TrackIdentities:
             if self.thread is not None and (choice is None or tid in check_now):
                 view = view_of(face, True)  # used after this frame
                 if choice is None or not choice.safe:
-                    self._choose_in_background(tid, face, view)
+                    self._choose_in_background(tid, face, view, None)
                     continue
                 # Shown meanwhile, as between checks; blurred from the first frame after a failure.
                 self.checking[tid] = (self.thread.submit(self.guard.recheck_margin, face, choice, view), choice)
@@ -108,7 +109,8 @@ class TrackIdentities:
                 safe = choice is not None and choice.safe
                 margin = self.guard.recheck_margin(face, choice, view) if safe else -1.0
                 if not margin >= 0.0:  # NaN (no measurement) fails too
-                    choice = self._record(tid, self.guard.choose(face, self.seed, view), t)
+                    previous = choice if safe else None  # a shown identity that failed: its successor first
+                    choice = self._record(tid, self.guard.choose(face, self.seed, view, previous), t)
                 else:
                     self.check_at[tid] = self._next_check(t, margin)
             if choice.safe:
@@ -140,11 +142,12 @@ class TrackIdentities:
         self.check_at[tid] = t + (self.check_seconds if choice.safe else GUARD_RETRY_SECONDS)
         return choice
 
-    def _choose_in_background(self, tid: int, face: AlignedFace, view: View) -> None:
-        """Start choosing ``tid``'s identity on the guard's thread; fail closed meanwhile: the face
-        is left out (blurred) until the choice is in."""
+    def _choose_in_background(self, tid: int, face: AlignedFace, view: View, previous: IdentityChoice | None) -> None:
+        """Start choosing ``tid``'s identity on the guard's thread (``previous``: the shown identity
+        it replaces, if any); fail closed meanwhile: the face is left out (blurred) until the choice
+        is in."""
         self.choices.pop(tid, None)
-        self.choosing[tid] = self.thread.submit(self.guard.choose, face, self.seed, view)
+        self.choosing[tid] = self.thread.submit(self.guard.choose, face, self.seed, view, previous)
 
     def _take_background_check(self, tid: int, pending: Future, checked: IdentityChoice,
                                aligned: Sequence[AlignedFace], view_of: ViewOf, t: float) -> None:  # fmt: skip
@@ -164,7 +167,7 @@ class TrackIdentities:
         if face is None:  # not detected this frame: choose when it is, blurred until then
             self.choices.pop(tid)
             return
-        self._choose_in_background(tid, face, view_of(face, True))
+        self._choose_in_background(tid, face, view_of(face, True), checked)
 
     def _take_background_choice(self, tid: int, pending: Future, t: float) -> None:
         """The result of a choice made on the guard's thread; a failed one is retried later
