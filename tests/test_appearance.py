@@ -479,6 +479,31 @@ def test_no_successor_past_the_margin_gives_a_fresh_identity(guard_parts):
     assert not choice.safe and choice.tried == 2 * 2 + 2 * 2 * 2 and choice.attempt < 2
 
 
+def test_identity_swap_benchmark_measures_how_far_two_identities_look(guard_parts):
+    """benchmarks/identity_swaps.py's measure: nothing between an identity and itself, a clear
+    change between two of a track's candidates (and more than to its successor)."""
+    import importlib.util
+    from pathlib import Path
+
+    from streamanon.generate.guard import crop_view
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "identity_swaps.py"
+    spec = importlib.util.spec_from_file_location("identity_swaps", script)
+    swaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(swaps)
+    runtime, face, ways = guard_parts
+    guard = IdentityGuard(runtime, ways, candidates=BATCH, threshold=0.01)
+    old = guard.choose(face, seed=0)
+    other = IdentityChoice(guard_latent(runtime, face, old.attempt + 1), old.attempt + 1, 0.7, 1, True, "full")
+    successor = guard.choose(face, seed=0, previous=old)
+    view = crop_view(face)
+    assert swaps.measure_swap(guard, face, view, old, old) == {"dlib_distance": 0.0, "pixel_change": 0.0}
+    far = swaps.measure_swap(guard, face, view, old, other)
+    near = swaps.measure_swap(guard, face, view, old, successor)
+    assert far["dlib_distance"] > 0.05 and far["pixel_change"] > 2
+    assert 0 < near["pixel_change"] < far["pixel_change"]
+
+
 def guard_latent(runtime, face: AlignedFace, attempt: int) -> np.ndarray:
     from streamanon.generate.condition import track_latent
 
