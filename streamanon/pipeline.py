@@ -73,6 +73,7 @@ class Anonymizer:
         self._aligns_on_device = True  # until sampling the aligned crops on the device fails once
         self._local_passes_left = 0  # frames until the next full-frame detection
         self._generate = self.config.mode == "generate"
+        settings = self.config.generate
         if self._generate:
             # Load everything generate mode needs now, so a missing model fails before any output.
             from .faces.landmarks import LandmarkPredictor
@@ -80,12 +81,8 @@ class Anonymizer:
             from .photometric import get_backend
 
             if generator is None:
-                generator = load_generator(
-                    self.config.generate.weights,
-                    device=self.config.device,
-                    backend=self.config.generate.backend,
-                    seed=self.config.generate.seed,
-                )
+                generator = load_generator(settings.weights, device=self.config.device, backend=settings.backend,
+                                           seed=settings.seed)  # fmt: skip
             self.generator = generator
             self.landmarks = LandmarkPredictor.from_config(self.config.landmarks, device=self.config.device)
             from .generate.compose import FaceCompositor
@@ -93,10 +90,9 @@ class Anonymizer:
 
             self.photometric = get_backend(self.config.device)
             self.postprocess = postprocessings(self.photometric, self.config.photometric)
-            settings = self.config.generate
             self.compositor = FaceCompositor(self.generator, self.postprocess, self.config.replace.feather,
                                              settings.composite, settings.match_noise, settings.seed)  # fmt: skip
-            self.guard = self._build_guard(in_background=bool(self.config.generate.guard_background))
+            self.guard = self._build_guard(in_background=bool(settings.guard_background))
         self._pastes_on_device = self._generate and self.compositor.on_device
         # Generate mode with the guard: each track's identity, and when the guard looks at it again.
         self.identities: TrackIdentities | None = None
@@ -104,12 +100,11 @@ class Anonymizer:
             from .generate.identities import TrackIdentities
 
             thread = None
-            if self.config.generate.guard_background:  # choices and re-checks on a thread of their own
+            if settings.guard_background:  # choices and re-checks on a thread of their own
                 thread = ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="streamanon-guard",
                     initializer=_start_guard_thread, initargs=(self.generator.device,),
                 )  # fmt: skip
-            settings = self.config.generate
             self.identities = TrackIdentities(self.guard, settings.seed, settings.guard_check_seconds, thread)
 
     @property
