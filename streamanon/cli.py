@@ -43,6 +43,8 @@ EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+# Frame rate of a --sequence of images when --fps does not say (a common camera rate).
+SEQUENCE_FPS = 30.0
 
 
 class Terminated(BaseException):
@@ -209,19 +211,35 @@ def cli(verbose: bool) -> None:
     is_flag=True,
     help="Leave out streams (e.g. subtitles) the output container cannot hold instead of failing.",
 )
+@click.option(
+    "--sequence",
+    is_flag=True,
+    help="SRC is a folder of video frames (each subfolder one camera, frames in natural name order): "
+    "faces are tracked across them, stay hidden where the detector misses them, and keep one fake identity.",
+)
+@click.option(
+    "--fps",
+    "sequence_fps",
+    type=click.FloatRange(0.1, 1000.0),
+    help="With --sequence: the frames' rate, for tracking and smoothing [30].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, quiet: bool, **opts) -> None:
+def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, sequence: bool,
+                 sequence_fps: float | None, quiet: bool, **opts) -> None:  # fmt: skip
     """Anonymize a video, an image, or a folder of images SRC into DST.
 
-    Videos keep their frame count, timestamps, rotation and audio (copied bit-exact).
+    Videos keep their frame count, timestamps, rotation and audio (copied bit-exact). The images
+    of a folder are unrelated photos unless --sequence says they are frames of a video.
     """
     from .pipeline import anonymize_file
 
+    if sequence_fps is not None and not sequence:
+        raise click.UsageError("--fps is the frame rate of a --sequence; add --sequence or leave it out")
     config = config_from_options(opts)
     with _terminate_cleanly():
         summary = anonymize_file(
             src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(),
-            drop_unsupported=drop_unsupported,
+            drop_unsupported=drop_unsupported, sequence_fps=(sequence_fps or SEQUENCE_FPS) if sequence else None,
         )
     if not quiet:
         click.echo(f"streamanon: {summary.line()}", err=True)

@@ -356,3 +356,83 @@ def test_animated_gif_is_still_anonymized_as_a_video(tmp_path):
     summary = anonymize_file(src, dst)
     assert summary.frames == len(crops) and summary.faces >= len(crops)
     assert len(decode_rgb(dst)) == len(crops)
+
+
+# -- folders of video frames (--sequence) ------------------------------------------------------
+
+
+def _talking_frames(count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a shared talking clip at 256x256 (one large face)."""
+    import cv2
+
+    frames = []
+    with av.open(str(shared_path("videos/talking_512_katiehill.mp4"))) as container:
+        for frame in container.decode(video=0):
+            frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (256, 256), interpolation=cv2.INTER_AREA))
+            if len(frames) == count:
+                return frames
+    return frames
+
+
+def test_a_sequence_keeps_hiding_a_face_the_detector_misses_in_one_frame(tmp_path, capsys):
+    """Frames named without leading zeros, one of them with the face masked by noise the detector
+    does not take for a face: as a --sequence the face's track coasts over it and the region stays
+    hidden; as unrelated photos that frame is left as it was. One track for the whole sequence."""
+    from streamanon.cli import main
+    from streamanon.io.images import read_image, write_image
+
+    frames = _talking_frames(6)
+    box = CenterFaceDetector()(frames[0]).boxes[0].astype(int)
+    x1, y1, x2, y2 = box
+    masked = frames[4].copy()
+    masked[y1:y2, x1:x2] = np.random.default_rng(0).integers(0, 256, (y2 - y1, x2 - x1, 3), dtype=np.uint8)
+    frames[4] = masked
+    assert len(CenterFaceDetector()(masked)) == 0  # the planted miss
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, image in enumerate(frames):
+        write_image(src / f"frame_{i * 5}.png", image)  # 0, 5, ..., 20: "frame_20" sorts before "frame_5" as text
+
+    code = main(["file", str(src), str(tmp_path / "seq"), "--sequence", "--fps", "25"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "6 frames, 6 faces, 1 tracks" in err
+    hidden = read_image(tmp_path / "seq" / "frame_20.png")
+    assert np.abs(hidden[y1:y2, x1:x2].astype(int) - masked[y1:y2, x1:x2]).mean() > 20  # coasted: still blurred
+
+    code = main(["file", str(src), str(tmp_path / "photos"), "-q"])
+    assert code == 0
+    shown = read_image(tmp_path / "photos" / "frame_20.png")
+    assert np.array_equal(shown, masked)  # on its own, nothing in that frame was hidden
+
+
+def test_sequences_are_per_folder_and_a_size_change_restarts_tracking(tmp_path, capsys, caplog):
+    from streamanon.io.images import image_sequences, write_image
+
+    frames = _talking_frames(3)
+    for name, image in (("a/2.png", frames[1]), ("a/10.png", frames[2]), ("a/1.png", frames[0]),
+                        ("b/1.png", frames[0][:200]), ("b/2.png", frames[1]), ("top.png", frames[2])):  # fmt: skip
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(tmp_path / "in" / name, image)
+    runs = image_sequences(tmp_path / "in")
+    assert [[str(rel) for rel, _ in run] for run in runs] == [["top.png"], ["a/1.png", "a/2.png", "a/10.png"],
+                                                              ["b/1.png", "b/2.png"]]  # fmt: skip
+    summary = anonymize_file(tmp_path / "in", tmp_path / "out", sequence_fps=25.0)
+    # one face per frame; a track per folder, and a new one where b's frames change size
+    assert (summary.frames, summary.faces, summary.tracks) == (6, 6, 4)
+    assert any("differs in size" in r.getMessage() for r in caplog.records)
+
+
+def test_sequence_options_are_checked(tmp_path, capsys):
+    from streamanon.cli import main
+    from streamanon.io.images import write_image
+
+    image = tmp_path / "one.png"
+    write_image(image, _talking_frames(1)[0])
+    code = main(["file", str(image), str(tmp_path / "out.png"), "--sequence"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "is not a folder" in err and len(err.splitlines()) == 1
+    code = main(["file", str(tmp_path), str(tmp_path / "out"), "--fps", "25"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--fps is the frame rate of a --sequence" in err
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "out").exists()

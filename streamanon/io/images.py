@@ -13,6 +13,7 @@ a video, not here.)
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -172,6 +173,24 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
             encoded.tofile(tmp)
     except OSError as exc:  # e.g. the disk is full; the partial file is already removed
         raise UserError(f"cannot write image {path}: {exc.strerror or exc}") from None
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside names by value: ``frame_2`` before ``frame_10``
+    (cameras and exporters often number frames without leading zeros)."""
+    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part.lower())
+                 for part in re.split(r"(\d+)", name) if part)  # fmt: skip
+
+
+def image_sequences(src_dir: str | os.PathLike) -> list[list[tuple[Path, Path]]]:
+    """The images under ``src_dir`` as frame sequences: one per folder (its own images, not its
+    subfolders'), each in natural name order (:func:`natural_key`); folders in sorted order, empty
+    ones left out. Items are ``(relative_path, path)`` as :func:`iter_image_folder` yields them."""
+    by_folder: dict[Path, list[tuple[Path, Path]]] = {}
+    for relative, path in iter_image_folder(src_dir):
+        by_folder.setdefault(relative.parent, []).append((relative, path))
+    return [sorted(items, key=lambda item: natural_key(item[0].name))
+            for _, items in sorted(by_folder.items(), key=lambda entry: entry[0].parts)]  # fmt: skip
 
 
 def iter_image_folder(src_dir: str | os.PathLike) -> Iterator[tuple[Path, Path]]:
