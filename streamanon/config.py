@@ -59,6 +59,10 @@ class DetectConfig:
     # (benchmarks/face_recall.py). (0, 90, 180, 270) finds them at any roll: cameras looking down,
     # robots, people lying down.
     rotations: tuple[int, ...] = (0,)
+    # Where a tracked face goes undetected, search around it again with the region turned to the
+    # face's last eye-line angle (and a quarter and half turn from it): a head tilting past what an
+    # upright pass finds stays found. Costs one small network run while a face is lost.
+    refind_lost: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:

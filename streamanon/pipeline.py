@@ -21,11 +21,11 @@ import numpy as np
 from .composite import paste_placed
 from .config import AnonymizerConfig
 from .errors import UserError
-from .faces.detect import CenterFaceDetector
+from .faces.detect import CenterFaceDetector, box_iou
 from .faces.track import FaceTracker
 from .replace import hide_face
 from .timing import NULL_TIMER, StageClock
-from .types import AlignedFace, Frame, FrameStats, TrackedFace
+from .types import AlignedFace, Detections, Frame, FrameStats, TrackedFace
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
     from .generate.guard import IdentityGuard, View
@@ -33,6 +33,13 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
     from .generate.runtime import GeneratorRuntime
 
 log = logging.getLogger(__name__)
+
+# Angles (degrees) from a lost face's last eye-line angle at which it is searched again: where it
+# was, and a quarter and a half turn from there (each pass finds faces within ~45 degrees of it;
+# an upright pass's keypoints on a face rolled beyond that can still read level).
+REFIND_TURNS = (0.0, 90.0, -90.0, 180.0)
+# A face found again overlapping one of the frame's detections this much (IoU) is that detection.
+REFOUND_OVERLAP = 0.3
 
 # Frame rate assumed for timestamps when frames come without them (``Anonymizer.process``).
 DEFAULT_FPS = 25.0
@@ -202,14 +209,31 @@ class Anonymizer:
     def _detect(self, image: np.ndarray, t: float, frame_tensor=None):
         """Full-frame detection every ``detect.every`` frames (on ``frame_tensor``, the frame on
         the detector's device, when given); in between, only around the faces the tracker
-        expects (a face it loses there coasts and stays hidden)."""
+        expects (a face it loses there coasts and stays hidden). Then, with ``detect.refind_lost``,
+        turned searches around the tracked faces that neither found."""
         if self._local_passes_left > 0:
             self._local_passes_left -= 1
-            return self.detector.detect_around(image, self.tracker.predicted_boxes(t))
-        self._local_passes_left = self.config.detect.every - 1
-        if frame_tensor is not None:
-            return self.detector.detect_tensor(frame_tensor)
-        return self.detector(image)
+            detections = self.detector.detect_around(image, self.tracker.predicted_boxes(t))
+        else:
+            self._local_passes_left = self.config.detect.every - 1
+            detections = self.detector.detect_tensor(frame_tensor) if frame_tensor is not None else self.detector(image)
+        if self.config.detect.refind_lost:
+            detections = self._refind_lost(image, detections, t)
+        return detections
+
+    def _refind_lost(self, image: np.ndarray, detections: Detections, t: float) -> Detections:
+        """``detections`` and the faces found again around the tracks they leave unmatched, each
+        searched at its last eye-line angle and ``REFIND_TURNS`` from it."""
+        boxes, rolls = self.tracker.lost(detections, t)
+        if len(boxes) == 0:
+            return detections
+        angles = (rolls[:, None] + np.asarray(REFIND_TURNS)).ravel()
+        found = self.detector.detect_rolled(image, np.repeat(boxes, len(REFIND_TURNS), axis=0), angles)
+        if len(found) and len(detections):  # only faces this frame's detections do not already have
+            found = found[box_iou(found.boxes, detections.boxes).max(axis=1) < REFOUND_OVERLAP]
+        if len(found):
+            log.debug("found %d lost face(s) again by turned search", len(found))
+        return detections + found
 
     def hide_known_faces(self, image: np.ndarray) -> np.ndarray:
         """Blur every face the tracker knows of at its predicted place, without detecting.

@@ -75,6 +75,11 @@ class Detections:
         for i in range(len(self)):
             yield self[i]
 
+    def __add__(self, other: "Detections") -> "Detections":
+        """The rows of both, ``self``'s first."""
+        return Detections(np.concatenate([self.boxes, other.boxes]), np.concatenate([self.scores, other.scores]),
+                          np.concatenate([self.keypoints, other.keypoints]))  # fmt: skip
+
 
 @dataclass
 class TrackedFace:

@@ -13,6 +13,7 @@ from streamanon.faces.detect import (
     _Candidates,
     box_iou,
     decode,
+    keypoint_roll,
     keypoints_upright,
     nms,
     quarter_turns,
@@ -493,3 +494,44 @@ def test_with_rotations_a_part_of_a_face_found_turned_is_absorbed():
     found = CenterFaceDetector(rotations=(0, 90, 180, 270))(frame)
     assert len(found) == 1
     np.testing.assert_allclose(found.boxes, CenterFaceDetector()(frame).boxes, atol=1e-3)
+
+
+def _turned_photo(photo: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """``photo`` turned about its centre (OpenCV: counter-clockwise on screen) and the affine used."""
+    height, width = photo.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), degrees, 1.0)
+    return cv2.warpAffine(photo, matrix, (width, height)), matrix
+
+
+def test_keypoint_roll_is_the_eye_line_angle():
+    upright = np.array([[[30, 40], [70, 40], [50, 55], [35, 75], [65, 75]]], np.float32)
+    assert keypoint_roll(upright)[0] == pytest.approx(0.0)
+    _, matrix = _turned_photo(np.zeros((100, 100, 3), np.uint8), 60)  # 60 degrees counter-clockwise on screen
+    turned = upright @ matrix[:, :2].T + matrix[:, 2]
+    assert keypoint_roll(turned)[0] == pytest.approx(-60.0, abs=1e-4)
+    assert np.isnan(keypoint_roll(np.full((1, 5, 2), np.nan)))[0]
+
+
+@pytest.mark.parametrize("degrees", [100, -130, 170])
+def test_detect_rolled_finds_a_turned_face_from_a_roughly_known_roll(detector, degrees):
+    """A face turned far past the upright network's range, searched around its box with the region
+    turned by the roll it had 25 degrees ago: found, its box over the face, its keypoints giving its
+    roll; nothing where there is no face."""
+    from streamanon.faces.landmarks import read_pts
+
+    photo = read_rgb(TURNED_MISS)
+    truth = read_pts(shared_path(TURNED_MISS).with_suffix(".pts"))
+    turned, matrix = _turned_photo(photo, degrees)
+    points = truth @ matrix[:, :2].T + matrix[:, 2]
+    box = np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
+    found = detector.detect_rolled(turned, box[None], np.array([-degrees + 25.0]))
+    assert len(found) >= 1
+    best = int(np.argmax(box_iou(found.boxes, box[None])[:, 0]))
+    assert box_iou(found.boxes[best : best + 1], box[None])[0, 0] > 0.4
+    error = (keypoint_roll(found.keypoints[best : best + 1])[0] + degrees + 180.0) % 360.0 - 180.0
+    assert abs(error) < 20.0
+    blank = np.full_like(turned, 128)
+    assert len(detector.detect_rolled(blank, box[None], np.array([-degrees]))) == 0
+    assert len(detector.detect_rolled(turned, np.zeros((0, 4)), np.zeros(0))) == 0
+    with pytest.raises(ValueError):
+        detector.detect_rolled(turned, box[None], np.zeros(2))

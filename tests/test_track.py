@@ -258,3 +258,18 @@ def test_bad_config_is_a_user_error(cfg):
         FaceTracker(cfg, SmoothConfig())
     with pytest.raises(UserError):
         FaceTracker(TrackConfig(), SmoothConfig(min_cutoff=-1.0))
+
+
+def test_lost_names_the_tracks_a_frame_would_leave_unmatched_and_their_roll():
+    tracker = FaceTracker(TrackConfig(), SmoothConfig())
+    a, b = _box(100, 100, 60), _box(300, 100, 60)
+    turned = _detections(b)
+    turned.keypoints[:] = turned.keypoints[:, :, ::-1]  # eyes one above the other: rolled 90 degrees
+    tracker.update(_detections(a) + turned, 0.0)
+    boxes, rolls = tracker.lost(_detections(_box(102, 100, 60)), 1 / FPS)  # only a seen again
+    assert len(boxes) == 1 and _contains(boxes[0], b, tol=2.0)
+    assert rolls[0] == pytest.approx(90.0)
+    assert len(tracker.tracks) == 2 and all(t.detected for t in tracker.tracks)  # nothing changed
+    faces = tracker.update(_detections(_box(102, 100, 60)), 1 / FPS)
+    assert [f.detected for f in faces] == [True, False]  # b coasts, as lost() said
+    assert len(tracker.lost(_detections(_box(104, 100, 60), b), 2 / FPS)[0]) == 0

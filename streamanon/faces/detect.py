@@ -418,6 +418,50 @@ class CenterFaceDetector:
                                  keypoints=upright.keypoints * back + shift))  # fmt: skip
         return self._finish(parts, image.shape[:2])
 
+    def detect_rolled(self, image_rgb: np.ndarray, boxes: np.ndarray, rolls: np.ndarray) -> Detections:
+        """Detect faces in square regions around ``boxes`` (N, 4), each turned so that a face at
+        ``rolls[i]`` degrees (its eye line's angle in the frame, :func:`keypoint_roll`) stands
+        upright for the network: where the tracker lost a face that was tilting away from what an
+        upright pass finds. Regions as in :meth:`detect_around`, one network run for all; only
+        candidates whose keypoints show an upright face in their turned region are kept, mapped
+        back to frame pixels (a box bounds its turned corners)."""
+        image = as_rgb_uint8(image_rgb)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        rolls = np.asarray(rolls, np.float64).reshape(-1)
+        if len(boxes) != len(rolls):
+            raise ValueError(f"{len(boxes)} boxes but {len(rolls)} rolls")
+        if len(boxes) == 0:
+            return Detections.empty()
+        blob = np.zeros((len(boxes), 3, ROI_INPUT, ROI_INPUT), np.float32)
+        to_frame = []
+        for b, (box, roll) in enumerate(zip(boxes, rolls)):
+            centre = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
+            side = max(8.0, ROI_CONTEXT * float(max(box[2] - box[0], box[3] - box[1])))
+            # Turning the frame by the face's eye-line angle (OpenCV: counter-clockwise on screen for
+            # a positive angle) levels the eyes; the region is scaled to ROI_INPUT about its centre.
+            matrix = cv2.getRotationMatrix2D(centre, float(roll), ROI_INPUT / side)
+            matrix[:, 2] += (ROI_INPUT / 2.0 - centre[0], ROI_INPUT / 2.0 - centre[1])
+            # Area-average first when the region shrinks a lot (warpAffine alone would alias).
+            shrink = max(1, int(side // (2 * ROI_INPUT)))
+            source = image if shrink == 1 else cv2.resize(image, None, fx=1 / shrink, fy=1 / shrink,
+                                                          interpolation=cv2.INTER_AREA)  # fmt: skip
+            local = matrix @ np.diag([shrink, shrink, 1.0]) if shrink > 1 else matrix
+            region = cv2.warpAffine(source, local, (ROI_INPUT, ROI_INPUT), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT)  # fmt: skip
+            blob[b] = region.transpose(2, 0, 1)
+            to_frame.append(cv2.invertAffineTransform(matrix))
+        parts = []
+        for (found_boxes, scores, points), back in zip(self._infer(blob), to_frame):
+            upright = keypoints_upright(points)
+            found_boxes, scores, points = found_boxes[upright], scores[upright], points[upright]
+            corners = np.stack([found_boxes[:, [0, 1]], found_boxes[:, [2, 1]], found_boxes[:, [2, 3]],
+                                found_boxes[:, [0, 3]]], axis=1)  # fmt: skip
+            corners = corners @ back[:, :2].T + back[:, 2]
+            framed = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+            tier = np.full(len(framed), 2, np.int8)
+            parts.append(_Candidates(framed, scores, points @ back[:, :2].T + back[:, 2], tier))
+        return self._finish(parts, image.shape[:2])
+
     def face_scores(self, crops: np.ndarray) -> np.ndarray:
         """(N,) the network's highest face confidence in each of ``crops`` (N, S, S, 3) uint8 RGB,
         in one run at their own size: how face-like a rendered face crop looks (0 to 1)."""
@@ -599,6 +643,15 @@ def keypoints_upright(points: np.ndarray) -> np.ndarray:
     skew = np.degrees(np.arctan2(down[:, 1], down[:, 0])) - 90.0 - roll
     skew = (skew + 180.0) % 360.0 - 180.0
     return (np.abs(roll) <= UPRIGHT_ROLL) & (np.abs(skew) < UPRIGHT_SKEW)
+
+
+def keypoint_roll(points: np.ndarray) -> np.ndarray:
+    """(N,) angle in degrees of the eye line of CenterFace keypoints (N, 5, 2) in the frame, from
+    the subject's right eye (left in the picture) to the left: 0 for an upright face, in
+    (-180, 180]; NaN where a keypoint is missing."""
+    points = np.asarray(points, np.float64).reshape(-1, 5, 2)
+    eyes = points[:, 1] - points[:, 0]
+    return np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
 
 
 def quarter_turns(rotations: Sequence[int]) -> tuple[int, ...]:

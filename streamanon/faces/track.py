@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from ..config import SmoothConfig, TrackConfig
 from ..errors import UserError
 from ..types import Detections, TrackedFace
+from .detect import keypoint_roll
 from .smooth import Smoother, make_filter
 
 #: Raw detections kept per track for the velocity fit.
@@ -106,6 +107,7 @@ class _Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per second
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # (t, cx, cy, w, h)
     landmarks: np.ndarray | None = None  # last smoothed (68, 2)
+    roll: float = 0.0  # eye-line angle (degrees) of the last detection with keypoints
     record: TrackedFace | None = None  # this frame's public view
 
     def predict(self, t: float) -> np.ndarray:
@@ -208,9 +210,12 @@ class FaceTracker:
         matches, unmatched_tracks, unmatched_dets = self._associate(detections, t)
 
         detection_of: dict[int, int] = {}  # id(track) -> index of its detection this frame
+        rolls = keypoint_roll(detections.keypoints)
         for ti, di in matches:
             track = self._tracks[ti]
             track.observe(detections.boxes[di], float(detections.scores[di]), t)
+            if np.isfinite(rolls[di]):
+                track.roll = float(rolls[di])
             detection_of[id(track)] = di
         survivors: list[_Track] = []
         for ti, track in enumerate(self._tracks):
@@ -223,6 +228,7 @@ class FaceTracker:
         for di in unmatched_dets:
             track = self._new_track()
             track.observe(detections.boxes[di], float(detections.scores[di]), t)
+            track.roll = float(rolls[di]) if np.isfinite(rolls[di]) else 0.0
             detection_of[id(track)] = di
             survivors.append(track)
         self._tracks = survivors
@@ -248,6 +254,17 @@ class FaceTracker:
         if not self._tracks:
             return np.zeros((0, 4), np.float32)
         return np.stack([_to_xyxy(self._grow(tr.predict(float(t)), tr.missed)) for tr in self._tracks]).astype(np.float32)
+
+    def lost(self, detections: Detections, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The reported tracks that none of ``detections`` would match at time ``t`` (the faces
+        about to coast): their search boxes (N, 4) float32, as :meth:`predicted_boxes`, and the
+        eye-line angle (N,) degrees each last had. Nothing changes; :meth:`update` follows."""
+        _, unmatched, _ = self._associate(_clean(detections), float(t))
+        lost = [self._tracks[i] for i in sorted(unmatched) if self._tracks[i].hits >= self.track_cfg.min_hits]
+        if not lost:
+            return np.zeros((0, 4), np.float32), np.zeros(0)
+        boxes = np.stack([_to_xyxy(self._grow(tr.predict(float(t)), tr.missed)) for tr in lost]).astype(np.float32)
+        return boxes, np.array([tr.roll for tr in lost])
 
     def set_landmarks(self, track_id: int, landmarks: np.ndarray, t: float) -> np.ndarray:
         """Smooth one frame's 68 landmarks ``(68, 2)`` of a track; store and return them.
