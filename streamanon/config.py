@@ -89,6 +89,10 @@ class LandmarksConfig:
     # device: dlib's points on host crops; with the PyTorch detector the crops are sampled on the
     # uploaded frame instead, as accurate on 300-W), or auto: torch on a GPU, dlib otherwise.
     backend: str = "auto"
+    # Confirm a rolled (or new) face's detector keypoints by a search turned to its roll before the
+    # predictor starts from them (faces/roll.py): the detector fits an upright template to large
+    # faces rolled past ~45 degrees, and landmarks grown from it put the generated face askew.
+    check_roll: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in LANDMARK_BACKENDS:

@@ -22,6 +22,7 @@ from .composite import paste_placed
 from .config import AnonymizerConfig
 from .errors import UserError
 from .faces.detect import CenterFaceDetector, box_iou
+from .faces.roll import RollChecker
 from .faces.track import FaceTracker
 from .replace import hide_face
 from .timing import NULL_TIMER, StageClock
@@ -94,6 +95,7 @@ class Anonymizer:
                                            seed=settings.seed)  # fmt: skip
             self.generator = generator
             self.landmarks = LandmarkPredictor.from_config(self.config.landmarks, device=self.config.device)
+            self.roll_checker = RollChecker(self.detector) if self.config.landmarks.check_roll else None
             from .generate.compose import FaceCompositor
             from .generate.guard import postprocessings
 
@@ -135,6 +137,8 @@ class Anonymizer:
         self.tracker.reset()
         self._frame_index = 0
         self._local_passes_left = 0
+        if self._generate and self.roll_checker is not None:
+            self.roll_checker.reset()
         if self.identities is not None:
             self.identities.reset()
 
@@ -265,6 +269,8 @@ class Anonymizer:
                 keypoints = np.stack(
                     [tr.keypoints if tr.keypoints is not None else np.full((5, 2), np.nan, np.float32) for tr in tracks]
                 )
+                if self.roll_checker is not None:  # keypoints the network saw upright, at any roll
+                    keypoints = self.roll_checker(image, [tr.track_id for tr in tracks], boxes, keypoints)
                 # On a GPU the landmark and alignment crops are sampled on the uploaded frame.
                 on_device = frame_tensor if samples_on_device(frame_tensor) else None
                 points = self.landmarks.predict(image, boxes, keypoints, frame=on_device)

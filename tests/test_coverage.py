@@ -167,3 +167,57 @@ def test_face_recall_benchmark_on_a_few_photos(tmp_path):
         assert all(row["share"] >= 0.99 and row["faces_found"] >= 1 for row in run["faces"]["helen_test"])
         assert run["not_hidden"] == {"helen_test": []}
     assert "recall" in done.stdout
+
+
+def _rolling_faces():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rolling_faces.py"
+    spec = importlib.util.spec_from_file_location("rolling_faces", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("shrink", [1.0, 0.25])
+def test_rolling_faces_turns_the_truth_with_the_frame(shrink):
+    """The benchmark's ground truth lands on the pixels it marked, turned and shrunk onto the canvas."""
+    rolling = _rolling_faces()
+    image = np.zeros((200, 300, 3), np.uint8)
+    points = np.array([[60.0, 50.0], [240.0, 150.0]])
+    for x, y in points.astype(int):
+        image[y - 4 : y + 5, x - 4 : x + 5] = 255
+    turned, moved = rolling.turned(image, points, 37.0, shrink)
+    assert turned.shape == ((200, 300, 3) if shrink == 1.0 else (720, 1280, 3))
+    for x, y in moved:
+        assert turned[int(round(y)), int(round(x))].max() > 100  # the marked square is there
+    assert rolling.roll_of("spin", 50, 200) == 90.0 and rolling.roll_of("tilt", 0, 200) == 0.0
+    assert abs(rolling.roll_of("tilt", 25, 200)) == pytest.approx(rolling.TILT_DEGREES)
+
+
+def test_rolling_faces_benchmark_on_a_short_clip(tmp_path):
+    """benchmarks/rolling_faces.py end to end on one GRID clip tilting: every frame judged, JSON complete."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import shared_path
+
+    clip = shared_path("videos/grid_speaker_00.mpg")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rolling_faces.py"
+    out = tmp_path / "rolling.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--videos", str(clip.parent), "--clips", clip.name, "--motions", "tilt",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["clip"] == clip.name and row["motion"] == "tilt" and row["frames"] == 75
+    assert row["hidden"] + row["partly"] + row["missed"] == row["frames"]
+    assert row["hidden"] == 75  # a speaker tilting +-75 degrees stays hidden
+    bad = subprocess.run([sys.executable, str(script), "--motions", "roll"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--motions takes spin and/or tilt" in bad.stderr

@@ -474,3 +474,30 @@ def test_a_face_turning_past_the_upright_detector_stays_hidden_when_lost_faces_a
         assert min(shares) >= 0.99, shares
     else:
         assert min(shares) < 0.5, shares  # the gap the turned search closes
+
+
+@pytest.mark.parametrize("check_roll", [True, False])
+def test_generate_mode_places_the_landmarks_of_a_face_rolled_past_the_detector(check_roll):
+    """A face turned by 110 degrees: with the roll check its landmarks lie on it (the generated face
+    follows them); with the detector's upright template alone they do not."""
+    import cv2
+
+    from streamanon.faces.landmarks import inter_ocular, read_pts
+    from streamanon.io.images import read_image
+
+    photo = read_image(shared_path("landmarks68/helen_test/3004312424_1.jpg"))
+    truth = read_pts(shared_path("landmarks68/helen_test/3004312424_1.pts"))
+    height, width = photo.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), 110, 1.0)
+    image = cv2.warpAffine(photo, matrix, (width, height))
+    truth = truth @ matrix[:, :2].T + matrix[:, 2]
+    anonymizer = Anonymizer(load_config(overrides={"replace.mode": "generate", "generate.guard_candidates": 0,
+                                                   "landmarks.check_roll": check_roll}))  # fmt: skip
+    anonymizer.process_frame(Frame(image, 0))
+    errors = [np.abs(track.landmarks - truth).sum(axis=1).mean() / inter_ocular(truth)
+              for track in anonymizer.tracker.tracks if track.landmarks is not None]  # fmt: skip
+    assert errors
+    if check_roll:
+        assert min(errors) < 0.1, errors
+    else:
+        assert min(errors) > 0.3, errors
