@@ -636,13 +636,17 @@ def keypoints_upright(points: np.ndarray) -> np.ndarray:
     degrees, taking each face from a pass that saw it this way (then by tier and score) gave the
     eye line within 25 degrees of the truth for 2,636 of 2,657 faces (the best pass could have
     given 2,654); by tier and score alone 2,498 (``benchmarks/face_recall.py``'s conditions)."""
+    return (np.abs(keypoint_roll(points)) <= UPRIGHT_ROLL) & (np.abs(keypoint_skew(points)) < UPRIGHT_SKEW)
+
+
+def keypoint_skew(points: np.ndarray) -> np.ndarray:
+    """(N,) degrees by which the line from the eyes to the mouth of CenterFace keypoints (N, 5, 2)
+    misses square to their eye line, in (-180, 180]: near 0 for the keypoints of a real face at any
+    roll, near 180 with the mouth above the eyes."""
     points = np.asarray(points, np.float64).reshape(-1, 5, 2)
-    eyes = points[:, 1] - points[:, 0]
     down = (points[:, 3] + points[:, 4]) / 2 - (points[:, 0] + points[:, 1]) / 2
-    roll = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
-    skew = np.degrees(np.arctan2(down[:, 1], down[:, 0])) - 90.0 - roll
-    skew = (skew + 180.0) % 360.0 - 180.0
-    return (np.abs(roll) <= UPRIGHT_ROLL) & (np.abs(skew) < UPRIGHT_SKEW)
+    skew = np.degrees(np.arctan2(down[:, 1], down[:, 0])) - 90.0 - keypoint_roll(points)
+    return (skew + 180.0) % 360.0 - 180.0
 
 
 def keypoint_roll(points: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ turned so that the face stands upright gives keypoints the network saw upright.
 a face level in the last frame and now (the common case) costs nothing; a rolled one is searched at
 the roll it had in the last frame (one 128 px region, ~2.5 ms on a CPU core); a new or lost one at
 its keypoints' roll and a quarter and half turn from it, keeping the best-scored find that is upright
-in its region. A face no search confirms keeps the detector's keypoints (as before).
+in its region. The detector's keypoints stay where they agree with the confirmed ones (its pass saw
+the face at a higher resolution); a face no search confirms keeps them too (as before).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .detect import CenterFaceDetector, box_iou, keypoint_roll
+from .detect import UPRIGHT_SKEW, CenterFaceDetector, box_iou, keypoint_roll, keypoint_skew
 
 # A face whose keypoints, and whose confirmed roll in the last frame, are within this many degrees of
 # level is taken as the detector saw it: the upright pass's keypoints are right there.
@@ -28,6 +29,10 @@ LEVEL_ROLL = 15.0
 # Angles from the anchor searched for a face without a confirmed roll: each pass finds faces within
 # ~45 degrees of its own angle, so four cover every roll.
 TURNS = (0.0, 90.0, -90.0, 180.0)
+# The detector's keypoints stand when each lies within this share of the eye distance of the
+# confirmed one: at 165 degrees of roll they can keep a plausible eye line and mouth yet sit a whole
+# eye distance off, and the landmarks grown from them miss the face.
+AGREE_EYES = 0.25
 # A find counts for a face when its box overlaps the face's detection box this much (IoU; a turned
 # find's box bounds its turned corners, so it is larger than the detection's).
 MATCH_IOU = 0.3
@@ -55,10 +60,11 @@ class RollChecker:
         upright, the detector's elsewhere."""
         keypoints = np.array(keypoints, np.float32, copy=True)
         seen = keypoint_roll(keypoints)
+        plausible = np.abs(keypoint_skew(keypoints)) < UPRIGHT_SKEW  # False for NaN rows too
         anchors: dict[int, list[float]] = {}
         for i, tid in enumerate(track_ids):
             known = self.rolls.get(tid)
-            level_now = np.isfinite(seen[i]) and abs(seen[i]) <= LEVEL_ROLL
+            level_now = np.isfinite(seen[i]) and abs(seen[i]) <= LEVEL_ROLL and plausible[i]
             if known is not None and abs(known) <= LEVEL_ROLL and level_now:
                 continue  # level a frame ago and now: the detector's keypoints stand
             if known is not None:
@@ -74,9 +80,11 @@ class RollChecker:
         for i, tid in enumerate(track_ids):
             if i in confirmed:
                 roll = float(keypoint_roll(confirmed[i][None])[0])
-                # Where the detector's own eye line agrees, its keypoints stand: its pass saw the face
-                # larger than a 128 px region does.
-                if not (np.isfinite(seen[i]) and abs((roll - seen[i] + 180.0) % 360.0 - 180.0) <= LEVEL_ROLL):
+                # Where the detector's own keypoints agree (each within AGREE_EYES of the eye distance),
+                # they stand: its pass saw the face larger than a 128 px region does.
+                eyes = float(np.linalg.norm(confirmed[i][1] - confirmed[i][0]))
+                apart = np.linalg.norm(keypoints[i] - confirmed[i], axis=1).max()
+                if not apart <= AGREE_EYES * eyes:  # NaN rows (no keypoints) take the confirmed ones too
                     keypoints[i] = confirmed[i]
                 rolls[tid] = roll
             elif i not in anchors:
