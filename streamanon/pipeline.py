@@ -22,7 +22,7 @@ from .composite import paste_placed
 from .config import AnonymizerConfig
 from .errors import UserError
 from .faces.detect import CenterFaceDetector, box_iou
-from .faces.roll import RollChecker
+from .faces.roll import TURNS, RollChecker
 from .faces.track import FaceTracker
 from .replace import hide_face
 from .timing import NULL_TIMER, StageClock
@@ -35,10 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
 
 log = logging.getLogger(__name__)
 
-# Angles (degrees) from a lost face's last eye-line angle at which it is searched again: where it
-# was, and a quarter and a half turn from there (each pass finds faces within ~45 degrees of it;
-# an upright pass's keypoints on a face rolled beyond that can still read level).
-REFIND_TURNS = (0.0, 90.0, -90.0, 180.0)
 # A face found again overlapping one of the frame's detections this much (IoU) is that detection.
 REFOUND_OVERLAP = 0.3
 
@@ -227,12 +223,14 @@ class Anonymizer:
 
     def _refind_lost(self, image: np.ndarray, detections: Detections, t: float) -> Detections:
         """``detections`` and the faces found again around the tracks they leave unmatched, each
-        searched at its last eye-line angle and ``REFIND_TURNS`` from it."""
+        searched at its last eye-line angle and a quarter and half turn from it (``faces.roll.TURNS``:
+        the tracker's angle comes from the detector's keypoints, which can read level on a face
+        rolled far past its range)."""
         boxes, rolls = self.tracker.lost(detections, t)
         if len(boxes) == 0:
             return detections
-        angles = (rolls[:, None] + np.asarray(REFIND_TURNS)).ravel()
-        found = self.detector.detect_rolled(image, np.repeat(boxes, len(REFIND_TURNS), axis=0), angles)
+        angles = (rolls[:, None] + np.asarray(TURNS)).ravel()
+        found = self.detector.detect_rolled(image, np.repeat(boxes, len(TURNS), axis=0), angles)
         if len(found) and len(detections):  # only faces this frame's detections do not already have
             found = found[box_iou(found.boxes, detections.boxes).max(axis=1) < REFOUND_OVERLAP]
         if len(found):

@@ -252,7 +252,7 @@ class IdentityGuard:
         """
         dim = self.generator.config.latent_dim
         base = previous.latent / np.float32(previous.scale)
-        first = self.candidates  # directions independent of the ordinary candidates (and of z)
+        first = self.candidates  # directions independent of the ordinary candidates
         directions = np.stack([track_latent(face.track_id, seed, dim, attempt=first + k)
                                for k in range(self.candidates)])  # fmt: skip
         name = previous.postprocess if previous.postprocess in self.postprocess else next(iter(self.postprocess))
