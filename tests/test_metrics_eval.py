@@ -282,3 +282,41 @@ def test_eval_outputs_are_written_atomically(tmp_path):
     assert target.read_text() == "previous run\n" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
     _write_atomically(target, lambda tmp: tmp.write_text("{}\n"))
     assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+def test_folders_of_frames_are_measured_as_sequences(grid_frames, models, tmp_path):
+    """eval --sequence: each folder of frames is one camera's clip (tracked, temporal figures); a
+    second folder starts its own tracks. The same speaker switched for another in the second
+    folder's second half is that folder's identity switch."""
+    from streamanon.io.images import write_image
+    from streamanon.io.video import VideoReader
+
+    with VideoReader(shared_path("videos/grid_speaker_01.mpg")) as reader:
+        other = [frame.image for _, frame in zip(range(FRAMES), reader)]
+    half = FRAMES // 2
+    for side, second in (("orig", grid_frames), ("anon", grid_frames[:half] + other[half:])):
+        (tmp_path / side / "a").mkdir(parents=True)
+        (tmp_path / side / "b").mkdir()
+        for i in range(FRAMES):
+            write_image(tmp_path / side / "a" / f"f{i}.png", grid_frames[i])  # natural order: f2 before f10
+            write_image(tmp_path / side / "b" / f"f{i}.png", second[i])
+    options = EvalOptions(sequence_fps=25.0)
+    report, _ = evaluate_pair(tmp_path / "orig", tmp_path / "anon", options, models)
+    assert report["kind"] == "video" and report["frames"] == 2 * FRAMES and report["tracks"] == 2
+    temporal = report["temporal"]
+    assert temporal["pairs"] == 2 * (FRAMES - 1)  # no pair across the two folders
+    assert temporal["identity_switch_frames"] == [FRAMES + half]
+    photos, _ = evaluate_pair(tmp_path / "orig", tmp_path / "anon", EvalOptions(), models)
+    assert photos["kind"] == "images" and photos["temporal"] is None
+    (tmp_path / "anon" / "b" / "f3.png").unlink()
+    with pytest.raises(UserError, match="no counterpart"):
+        evaluate_pair(tmp_path / "orig", tmp_path / "anon", options, models)
+
+
+def test_eval_sequence_options_are_checked(original, tmp_path):
+    from streamanon.metrics.cli import eval_command
+
+    no_sequence = CliRunner().invoke(eval_command, [str(original), str(original), "--fps", "25"])
+    assert no_sequence.exit_code == 2 and "--fps is the frame rate of a --sequence" in no_sequence.output
+    videos = CliRunner().invoke(eval_command, [str(original), str(original), "--sequence"])
+    assert isinstance(videos.exception, UserError) and "two folders of video frames" in str(videos.exception)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import click
 
-from ..cli import parse_rotations
+from ..cli import SEQUENCE_FPS, parse_rotations
 from ..errors import UserError
 
 BASELINE_MODES = ("blur", "pixelate", "solid")
@@ -25,9 +25,10 @@ def _parse_baselines(value: str | None) -> list[str]:
     return list(dict.fromkeys(modes))  # keep order, drop repeats
 
 
-def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int, ...] = (0,)) -> Path:
-    """Anonymize ``original`` with the pipeline in ``mode`` (detecting at ``rotations``); return the
-    output path."""
+def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int, ...] = (0,),
+                 sequence_fps: float | None = None) -> Path:  # fmt: skip
+    """Anonymize ``original`` with the pipeline in ``mode`` (detecting at ``rotations``; a folder of
+    frames as a sequence at ``sequence_fps``); return the output path."""
     from ..config import load_config
     from ..io.images import is_image_path
     from ..pipeline import anonymize_file
@@ -39,7 +40,8 @@ def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int,
     else:
         # Matroska holds H.264 next to any audio codec the source may carry (mp2, pcm, ...).
         dst = workdir / f"{mode}.mkv"
-    anonymize_file(original, dst, load_config(overrides={"replace.mode": mode, "detect.rotations": rotations}))
+    config = load_config(overrides={"replace.mode": mode, "detect.rotations": rotations})
+    anonymize_file(original, dst, config, sequence_fps=sequence_fps if original.is_dir() else None)
     return dst
 
 
@@ -57,6 +59,11 @@ def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int,
 @click.option("--detect-rotations", default=None, metavar="ANGLES", callback=parse_rotations,
               help="Also search the original's frames turned by these angles (0,90,180,270 or 'all'), as "
                    "`streamanon file --detect-rotations` does, for footage with faces at any roll [0].")
+@click.option("--sequence", is_flag=True,
+              help="ORIGINAL and ANONYMIZED are folders of video frames (as `streamanon file --sequence` reads them): "
+                   "faces are tracked, and temporal stability is measured.")
+@click.option("--fps", "sequence_fps", type=click.FloatRange(0.1, 1000.0), default=None,
+              help="With --sequence: the frames' rate [30].")
 @click.option("--no-hog", is_flag=True, help="Skip the dlib HOG detection rate (slow on large frames).")
 @click.option("--emotion-weights", type=click.Path(dir_okay=False), default=None,
               help="Emotion classifier checkpoint (default: the shipped one).")
@@ -65,7 +72,8 @@ def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int,
                    "or the torch hub cache, else FID is reported unavailable.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
 def eval_command(original: Path, anonymized: Path, json_path, report_path, baselines, max_frames, threshold,
-                 detect_rotations, no_hog, emotion_weights, inception_weights, quiet) -> None:
+                 detect_rotations, sequence, sequence_fps, no_hog, emotion_weights, inception_weights,
+                 quiet) -> None:  # fmt: skip
     """Measure ANONYMIZED against ORIGINAL (two videos, or two folders of same-named images).
 
     Privacy (detection, re-identification, leaks), utility (pose, expression, emotion,
@@ -76,11 +84,14 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
     from .evaluate import EvalOptions, Models
 
     modes = _parse_baselines(baselines)
+    if sequence_fps is not None and not sequence:
+        raise click.UsageError("--fps is the frame rate of a --sequence; add --sequence or leave it out")
     # The evaluation takes minutes: a path that cannot be written must fail before it, not after.
     _check_outputs({"--json": json_path, "--report": report_path}, (original, anonymized))
     options = EvalOptions(
         detect_threshold=threshold, detect_rotations=detect_rotations or (0,), max_frames=max_frames, hog=not no_hog,
         emotion_weights=emotion_weights, inception_weights=inception_weights,
+        sequence_fps=(sequence_fps or SEQUENCE_FPS) if sequence else None,
     )
     models = Models.load(options)
     show_progress = not quiet and sys.stderr.isatty()
@@ -93,7 +104,7 @@ def eval_command(original: Path, anonymized: Path, json_path, report_path, basel
             for mode in modes:
                 if not quiet:
                     click.echo(f"running baseline '{mode}' ...", err=True)
-                produced = run_baseline(original, mode, Path(tmp), options.detect_rotations)
+                produced = run_baseline(original, mode, Path(tmp), options.detect_rotations, options.sequence_fps)
                 row, worst = _evaluate(original, produced, _with_label(options, mode), models, show_progress)
                 row["anonymized"] = f"<{mode} baseline>"
                 rows.append(row)

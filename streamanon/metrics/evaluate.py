@@ -65,6 +65,9 @@ class EvalOptions:
     # Angles the original's frames are also searched at (``detect.rotations``): faces at any roll.
     detect_rotations: tuple[int, ...] = (0,)
     max_frames: int | None = None  # evaluate only the first N frames
+    # Folders of video frames (``streamanon file --sequence``): each folder's images, in natural name
+    # order, are one camera's frames at this rate, tracked and measured over time like a video.
+    sequence_fps: float | None = None
     hog: bool = True  # dlib HOG detection rate (slow on large frames)
     emotion_weights: str | None = None  # None = the shipped checkpoint
     emotion: bool = True
@@ -82,15 +85,17 @@ class FramePair:
     original: np.ndarray
     anonymized: np.ndarray
     name: str = ""
+    sequence: int = 0  # which folder of a frame sequence (tracking starts anew in each)
 
 
 # ------------------------------------------------------------------------------------------
 # inputs
 
 
-def iter_pairs(original: str | os.PathLike, anonymized: str | os.PathLike, max_frames: int | None = None) -> tuple[str, Iterator[FramePair]]:
+def iter_pairs(original: str | os.PathLike, anonymized: str | os.PathLike, max_frames: int | None = None,
+               sequence_fps: float | None = None) -> tuple[str, Iterator[FramePair]]:  # fmt: skip
     """``(kind, pairs)``: frames of two videos in lockstep, same-named images of two folders,
-    or two single images.
+    or two single images. With ``sequence_fps``, two folders of video frames: kind ``video``.
 
     Raises :class:`UserError` when the inputs are of different kinds, are missing, or do
     not match (frame sizes, frame counts, file names).
@@ -102,7 +107,11 @@ def iter_pairs(original: str | os.PathLike, anonymized: str | os.PathLike, max_f
     if original.is_dir() != anonymized.is_dir():
         raise UserError("compare a video with a video, or an image folder with an image folder")
     if original.is_dir():
+        if sequence_fps is not None:
+            return "video", _sequence_pairs(original, anonymized, max_frames, sequence_fps)
         return "images", _folder_pairs(original, anonymized, max_frames)
+    if sequence_fps is not None:
+        raise UserError("--sequence compares two folders of video frames")
     from ..io.images import is_image_path, read_image
 
     if is_image_path(original) or is_image_path(anonymized):
@@ -158,6 +167,28 @@ def _folder_pairs(original: Path, anonymized: Path, max_frames: int | None) -> I
         pair = FramePair(i, float(i), read_image(original / rel), read_image(anonymized / rel), str(rel))
         _check_same_size(pair)
         yield pair
+
+
+def _sequence_pairs(original: Path, anonymized: Path, max_frames: int | None, fps: float) -> Iterator[FramePair]:
+    """Same-named images of two folders as frame sequences (``streamanon.io.images.image_sequences``):
+    per folder in natural name order, timed at ``fps``."""
+    from ..io.images import image_sequences, read_image
+
+    runs = image_sequences(original)
+    if not runs:
+        raise UserError(f"no images in {original}")
+    missing = [str(rel) for run in runs for rel, _ in run if not (anonymized / rel).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of {original} have no counterpart in {anonymized}, e.g. {missing[0]}")
+    index = 0
+    for sequence, run in enumerate(runs):
+        for frame, (rel, path) in enumerate(run):
+            if max_frames is not None and index >= max_frames:
+                return
+            pair = FramePair(index, frame / fps, read_image(path), read_image(anonymized / rel), str(rel), sequence)
+            _check_same_size(pair)
+            yield pair
+            index += 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -282,6 +313,9 @@ class ClipEvaluator:
         self._worst: dict[str, list[tuple[float, int, dict]]] = {}  # reason -> min-heap of (badness, seq, item)
         self._seq = itertools.count()
         self._next_image_track = 1
+        self._sequence = 0  # the frame sequence being measured (folders of frames)
+        self._track_base = 0  # added to the tracker's ids: they restart in each sequence
+        self._largest_track = 0
 
     # -- faces of one frame ------------------------------------------------------------
 
@@ -293,10 +327,15 @@ class ClipEvaluator:
         dets = self.models.detector(pair.original)
         missing = np.full((5, 2), np.nan, np.float32)
         if self.kind == "video":
+            if pair.sequence != self._sequence:  # another camera: new tracks, nothing carried over
+                self._sequence, self._track_base = pair.sequence, self._largest_track
+                self.tracker.reset()
+                self._state, self._prev = {}, None
             tracked = [f for f in self.tracker.update(dets, pair.time) if f.detected]
+            self._largest_track = max([self._largest_track] + [self._track_base + f.track_id for f in tracked])
             return [
                 (
-                    f.track_id,
+                    self._track_base + f.track_id,
                     np.asarray(f.raw_box if f.raw_box is not None else f.box, np.float32),
                     missing if f.keypoints is None else np.asarray(f.keypoints, np.float32),
                 )
@@ -600,7 +639,7 @@ def evaluate_pair(
     Returns ``(clip_report, thumbnails)``: the JSON-ready ClipReport (schema in
     :mod:`streamanon.metrics.report`) and the worst faces with their images.
     """
-    kind, pairs = iter_pairs(original, anonymized, options.max_frames)
+    kind, pairs = iter_pairs(original, anonymized, options.max_frames, options.sequence_fps)
     models = models or Models.load(options)
     evaluator = ClipEvaluator(models, options, kind)
     for pair in pairs:
