@@ -30,19 +30,12 @@ DEFAULT_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 PATTERNS = ("talking_*.mp4", "grid_speaker_*.mpg")
 
 
-def shown_faces(guard, face, view, choices) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The aligned crops (N, S, S, 3) of ``choices`` on ``face`` as shown, and each pasted into ``view``."""
-    fakes = guard.generator([face] * len(choices), latents=np.stack([c.latent for c in choices]))
-    name = choices[-1].postprocess
-    crops = guard.postprocess[name](fakes, np.stack([face.image] * len(choices)), np.stack([face.mask] * len(choices)))
-    return crops, [view.paste(crop) for crop in crops]
-
-
 def measure_swap(guard, face, view, old, new) -> dict:
-    """How far apart ``old`` and ``new`` look on ``face`` in ``view``."""
-    crops, images = shown_faces(guard, face, view, [old, new])
-    chips = np.concatenate([guard.embedder.chips(image, view.landmarks[None]) for image in images])
-    embeddings = guard.embedder.embed_chips(chips)
+    """How far apart ``old`` and ``new`` look on ``face`` in ``view``, rendered as the guard renders
+    its candidates (the new identity's post-processing for both)."""
+    codes = np.stack([old.latent, new.latent])
+    crops, images = guard.render(face, codes, new.postprocess, view)
+    embeddings = guard.embed(images, [view.landmarks] * 2)
     inside = face.mask > 0.5
     change = np.abs(crops[0].astype(np.int16) - crops[1].astype(np.int16))[inside].mean()
     return {"dlib_distance": round(float(np.linalg.norm(embeddings[0] - embeddings[1])), 4),

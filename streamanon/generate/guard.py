@@ -313,11 +313,11 @@ class IdentityGuard:
         even when the condition's distance is short of the threshold gives the same verdict), with
         the original and the shown face embedded in one run (on 2 CPU cores a batch of 3 chips costs
         16 ms, three of 1 cost 24)."""
-        image = self._render(face, choice.latent[None], choice.postprocess, view)[1][0]
+        image = self.render(face, choice.latent[None], choice.postprocess, view)[1][0]
         at = [] if self.landmarks == "own" else [view.landmarks]
         if self.landmarks != "condition":
             at.append(self.observer([image], view.landmarks)[0])
-        embeddings = self._embed([view.image] + [image] * len(at), [view.landmarks, *at])
+        embeddings = self.embed([view.image] + [image] * len(at), [view.landmarks, *at])
         return float(np.linalg.norm(embeddings[1:] - embeddings[0], axis=1).min())
 
     def recheck_bar(self, choice: IdentityChoice) -> float:
@@ -329,7 +329,7 @@ class IdentityGuard:
         """dlib distances (B,) to ``reference`` of the faces of ``codes`` (B, D) as shown in
         ``view``, and the rendered crops (B, S, S, 3)."""
         n = len(codes)
-        shown, images = self._render(face, codes, postprocess, view)
+        shown, images = self.render(face, codes, postprocess, view)
         if self.landmarks == "own":
             return self._distances_at(images, self.observer(images, view.landmarks), reference), shown
         distance = self._distances_at(images, np.broadcast_to(view.landmarks, (n, 68, 2)), reference)
@@ -344,7 +344,7 @@ class IdentityGuard:
                 distance[again] = np.minimum(distance[again], own)
         return distance, shown
 
-    def _render(self, face: AlignedFace, codes: np.ndarray, postprocess: str, view: View) -> tuple[np.ndarray, list]:
+    def render(self, face: AlignedFace, codes: np.ndarray, postprocess: str, view: View) -> tuple[np.ndarray, list]:
         """The faces of ``codes`` (B, D) post-processed as ``postprocess`` (B, S, S, 3), and each
         pasted into ``view``."""
         n = len(codes)
@@ -355,9 +355,9 @@ class IdentityGuard:
     def _distances_at(self, images: list[np.ndarray], landmarks: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """(N,) distances to ``reference`` of the face at ``landmarks[i]`` (N, 68, 2) in each
         image ``i``, embedded in one batched run."""
-        return np.linalg.norm(self._embed(images, landmarks) - reference, axis=1)
+        return np.linalg.norm(self.embed(images, landmarks) - reference, axis=1)
 
-    def _embed(self, images: list[np.ndarray], landmarks) -> np.ndarray:
+    def embed(self, images: list[np.ndarray], landmarks) -> np.ndarray:
         """(N, 128) embeddings of the face at ``landmarks[i]`` (68, 2) in each image ``i``, in one run."""
         chips = np.concatenate([self.embedder.chips(image, points[None]) for image, points in zip(images, landmarks)])
         return self.embedder.embed_chips(chips)
