@@ -64,15 +64,12 @@ def bench(clip: Path, mode: str, repeat: int, extra: dict) -> dict:
 
 def _override(item: str) -> tuple[str, object]:
     """``key=value`` with the value read as TOML (3 -> int, 0.5 -> float, true -> bool, else text)."""
-    import tomllib
+    from streamanon.config import override_from_text
 
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
     try:
-        return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value
+        return override_from_text(item)
+    except ValueError as exc:
+        raise SystemExit(f"--set: {exc}") from None
 
 
 def main() -> None:

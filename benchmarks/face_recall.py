@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import cv2
 import numpy as np
 
 from streamanon.bench.environment import describe_device
-from streamanon.config import load_config, rotations_from_text
+from streamanon.config import load_config, override_from_text, rotations_from_text
 from streamanon.errors import UserError
 from streamanon.faces.landmarks import inter_ocular, read_pts
 from streamanon.io.images import read_image
@@ -186,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--rotations: {exc}")
     try:
-        settings = {key: tomllib.loads(f"v = {value}")["v"] for key, value in (s.split("=", 1) for s in args.settings)}
-    except (ValueError, tomllib.TOMLDecodeError):
-        parser.error("--set takes KEY=VALUE with a TOML value, e.g. detect.scale=2")
+        settings = dict(override_from_text(item) for item in args.settings)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
 
     runs = []
     for mode in modes:

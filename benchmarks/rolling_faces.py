@@ -31,7 +31,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -40,7 +39,7 @@ import cv2
 import numpy as np
 
 from streamanon.bench.environment import describe_device
-from streamanon.config import load_config
+from streamanon.config import load_config, override_from_text
 from streamanon.errors import UserError
 from streamanon.faces.detect import CenterFaceDetector
 from streamanon.faces.landmarks import LandmarkPredictor
@@ -151,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.shrink <= 1.0:
         parser.error("--shrink takes a factor in (0, 1]")
     try:
-        settings = {key: tomllib.loads(f"v = {value}")["v"] for key, value in (s.split("=", 1) for s in args.settings)}
-    except (ValueError, tomllib.TOMLDecodeError):
-        parser.error("--set takes KEY=VALUE with a TOML value, e.g. detect.every=3")
+        settings = dict(override_from_text(item) for item in args.settings)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
     mode = "solid" if args.mode == "hide" else "generate"
     anonymizer = Anonymizer(load_config(overrides={**settings, "replace.mode": mode}))
     rows = []

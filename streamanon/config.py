@@ -277,6 +277,20 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 QUARTER_ANGLES = (0, 90, 180, 270)
 
 
+def override_from_text(item: str) -> tuple[str, Any]:
+    """``(key, value)`` of a ``KEY=VALUE`` setting from a command line (the benchmarks' ``--set``):
+    the value read as TOML (``3`` an int, ``0.5`` a float, ``true`` a bool, ``[0, 90]`` a list), else
+    taken as text (``encode.preset=slow``); ``ValueError`` without ``=`` or a key. The loader checks
+    the value like any other setting."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, e.g. detect.scale=2, got {item!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
 def rotations_from_text(text: str) -> tuple[int, ...]:
     """``detect.rotations`` from a command line: ``all`` or distinct comma-separated angles among
     0, 90, 180, 270; ``ValueError`` otherwise."""

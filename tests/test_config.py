@@ -85,3 +85,15 @@ def test_command_line_values_meet_the_same_checks(tmp_path, capsys, args, messag
     code = main(["file", str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), *args, "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and "internal error" not in err
+
+
+def test_override_from_text_reads_toml_values_and_plain_text():
+    from streamanon.config import override_from_text
+
+    assert override_from_text("detect.scale=2") == ("detect.scale", 2)
+    assert override_from_text("detect.rotations=[0, 90]") == ("detect.rotations", [0, 90])
+    assert override_from_text(" detect.refind_lost =false") == ("detect.refind_lost", False)
+    assert override_from_text("encode.preset=slow") == ("encode.preset", "slow")
+    for bad in ("detect.scale", "=2"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            override_from_text(bad)
