@@ -155,12 +155,7 @@ def _folder_pairs(original: Path, anonymized: Path, max_frames: int | None) -> I
     from ..io.images import iter_image_folder, read_image
 
     names_o = [rel for rel, _ in iter_image_folder(original)]
-    names_a = {rel for rel, _ in iter_image_folder(anonymized)}
-    if not names_o:
-        raise UserError(f"no images in {original}")
-    missing = [str(n) for n in names_o if n not in names_a]
-    if missing:
-        raise UserError(f"{len(missing)} image(s) of {original} have no counterpart in {anonymized}, e.g. {missing[0]}")
+    _check_counterparts(names_o, original, anonymized)
     for i, rel in enumerate(names_o):
         if max_frames is not None and i >= max_frames:
             return
@@ -169,17 +164,26 @@ def _folder_pairs(original: Path, anonymized: Path, max_frames: int | None) -> I
         yield pair
 
 
+def _check_counterparts(names: list[Path], original: Path, anonymized: Path) -> None:
+    """:class:`UserError` when ``original`` has no images (``names``, relative to it) or one of them
+    has no same-named image in ``anonymized``."""
+    from ..io.images import iter_image_folder
+
+    if not names:
+        raise UserError(f"no images in {original}")
+    present = {rel for rel, _ in iter_image_folder(anonymized)}
+    missing = [str(n) for n in names if n not in present]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of {original} have no counterpart in {anonymized}, e.g. {missing[0]}")
+
+
 def _sequence_pairs(original: Path, anonymized: Path, max_frames: int | None, fps: float) -> Iterator[FramePair]:
     """Same-named images of two folders as frame sequences (``streamanon.io.images.image_sequences``):
     per folder in natural name order, timed at ``fps``."""
     from ..io.images import image_sequences, read_image
 
     runs = image_sequences(original)
-    if not runs:
-        raise UserError(f"no images in {original}")
-    missing = [str(rel) for run in runs for rel, _ in run if not (anonymized / rel).is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} image(s) of {original} have no counterpart in {anonymized}, e.g. {missing[0]}")
+    _check_counterparts([rel for run in runs for rel, _ in run], original, anonymized)
     index = 0
     for sequence, run in enumerate(runs):
         for frame, (rel, path) in enumerate(run):
