@@ -16,13 +16,18 @@ __version__ = "0.1.0"
 __all__ = ["Anonymizer", "AnonymizerConfig", "anonymize_file", "load_config", "UserError", "ModelUnavailable"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Anonymizer, anonymize_file
+    from .files import anonymize_file
+    from .pipeline import Anonymizer
 
 
 def __getattr__(name: str):
     # The pipeline pulls in onnxruntime, dlib and PyAV; import it only when asked for.
-    if name in ("Anonymizer", "anonymize_file"):
-        from . import pipeline
+    if name == "Anonymizer":
+        from .pipeline import Anonymizer
 
-        return getattr(pipeline, name)
+        return Anonymizer
+    if name == "anonymize_file":
+        from .files import anonymize_file
+
+        return anonymize_file
     raise AttributeError(name)

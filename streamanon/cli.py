@@ -231,7 +231,7 @@ def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, 
     Videos keep their frame count, timestamps, rotation and audio (copied bit-exact). The images
     of a folder are unrelated photos unless --sequence says they are frames of a video.
     """
-    from .pipeline import anonymize_file
+    from .files import anonymize_file
 
     if sequence_fps is not None and not sequence:
         raise click.UsageError("--fps is the frame rate of a --sequence; add --sequence or leave it out")

@@ -16,7 +16,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -194,7 +194,13 @@ def image_sequences(src_dir: str | os.PathLike) -> list[list[tuple[Path, Path]]]
 
 
 def iter_image_folder(src_dir: str | os.PathLike) -> Iterator[tuple[Path, Path]]:
-    """Yield ``(relative_path, path)`` for every image under ``src_dir``, sorted, recursive.
+    """Yield ``(relative_path, path)`` for every image under ``src_dir`` (see :func:`iter_folder_files`)."""
+    yield from iter_folder_files(src_dir, is_image_path)
+
+
+def iter_folder_files(src_dir: str | os.PathLike, accept: Callable[[str], bool]) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(relative_path, path)`` for every file under ``src_dir`` whose name ``accept`` takes,
+    sorted, recursive.
 
     ``relative_path`` is relative to ``src_dir`` so an output folder can mirror the
     input tree. Hidden files and folders (names starting with ``.``, which includes
@@ -208,7 +214,7 @@ def iter_image_folder(src_dir: str | os.PathLike) -> Iterator[tuple[Path, Path]]
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith(".") and is_image_path(name):
+            if not name.startswith(".") and accept(name):
                 found.append(Path(folder, name).relative_to(root))
     for relative in sorted(found, key=lambda p: p.parts):
         yield relative, root / relative

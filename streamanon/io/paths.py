@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, is_image_path
+from .images import IMAGE_EXTENSIONS, is_image_path, iter_folder_files
 
 # Containers the video sink can write, by extension (FFmpeg picks the muxer from it).
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -30,6 +30,12 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 def is_video_path(path: str | os.PathLike) -> bool:
     """True when ``path`` has a video container extension (case-insensitive)."""
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def iter_video_folder(src_dir: str | os.PathLike) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(relative_path, path)`` for every video under ``src_dir``, sorted, recursive (hidden
+    files and folders left out, as :func:`~streamanon.io.images.iter_folder_files` walks)."""
+    yield from iter_folder_files(src_dir, is_video_path)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -49,14 +55,16 @@ def _extensions(names: frozenset[str]) -> str:
     return ", ".join(sorted(names))
 
 
-def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+def check_paths(src: Path, dst: Path, overwrite: bool, skip_existing: bool = False) -> None:
     """Raise :class:`UserError` (one line) if ``src`` cannot be turned into ``dst``.
 
-    ``src`` is a video file, an image file or a folder of images; ``dst`` is the
+    ``src`` is a video file, an image file or a folder of them; ``dst`` is the
     matching kind (a folder for a folder input). Checks, in order: the input exists
     and is readable; the output is not the input; an existing output is only
     replaced with ``overwrite`` (the message names ``--overwrite``); the output's
     folder exists and is writable; image and video extensions are not mixed.
+    ``skip_existing``: the caller leaves existing outputs alone, so an output folder
+    that is not empty is fine (an existing output file still needs ``overwrite``).
     Nothing is created or opened for writing.
     """
     src, dst = Path(src), Path(dst)
@@ -74,7 +82,7 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
         raise UserError(f"output must differ from the input: {dst}")
 
     if src.is_dir():
-        _check_folder_output(src, dst, overwrite)
+        _check_folder_output(src, dst, overwrite or skip_existing)
         return
 
     if dst.is_dir():
@@ -101,7 +109,7 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
         )
 
 
-def _check_folder_output(src: Path, dst: Path, overwrite: bool) -> None:
+def _check_folder_output(src: Path, dst: Path, may_be_full: bool) -> None:
     if dst.exists() and not dst.is_dir():
         raise UserError(f"input {src} is a folder, so the output must be a folder too, not a file: {dst}")
     src_real, dst_real = src.resolve(), dst.resolve()
@@ -109,8 +117,11 @@ def _check_folder_output(src: Path, dst: Path, overwrite: bool) -> None:
         # Outputs inside the input tree would be picked up as inputs on the next run.
         raise UserError(f"output folder must not be inside the input folder: {dst}")
     if dst.is_dir():
-        if any(dst.iterdir()) and not overwrite:
-            raise UserError(f"output folder is not empty: {dst} (use --overwrite to replace files in it)")
+        if any(dst.iterdir()) and not may_be_full:
+            raise UserError(
+                f"output folder is not empty: {dst} (use --overwrite to replace files in it, "
+                "or --skip-existing to leave them and do the rest)"
+            )
         if not os.access(dst, os.W_OK | os.X_OK):
             raise UserError(f"output folder is not writable: {dst}")
         return

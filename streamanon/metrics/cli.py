@@ -31,7 +31,7 @@ def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int,
     frames as a sequence at ``sequence_fps``); return the output path."""
     from ..config import load_config
     from ..io.images import is_image_path
-    from ..pipeline import anonymize_file
+    from ..files import anonymize_file
 
     if original.is_dir():
         dst = workdir / mode
