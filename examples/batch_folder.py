@@ -1,12 +1,14 @@
-"""Anonymize every video under a folder into a mirror folder, e.g. a day of recorded drives.
+"""Anonymize a folder of recordings into a mirror folder from Python, e.g. a day of recorded drives.
 
     python examples/batch_folder.py recordings/ recordings_anon/ [--mode generate] [--device cuda]
 
-Relative paths are kept (``recordings/a/b.mp4`` -> ``recordings_anon/a/b.mp4``). Videos whose
-output already exists are skipped, so an interrupted batch resumes where it stopped (each output is
-written to a temporary file and renamed only when complete, so a half-written file never counts as
-done). A file that fails is reported in one line and the batch goes on; the exit status is 1 if any
-failed. One Anonymizer per file: clips are unrelated, so tracks (and fake identities) start anew.
+The same job as ``streamanon file recordings/ recordings_anon/ --skip-existing``: every video and
+photo under the folder goes to the same relative path (``recordings/a/b.mp4`` ->
+``recordings_anon/a/b.mp4``); outputs that exist are left alone, so an interrupted batch resumes
+where it stopped (each output is written to a temporary file and renamed only when complete, so a
+half-written file never counts as done). A file that fails is reported in one line and the batch
+goes on; the exit status is 1 if any failed. Each video is its own clip: tracks (and fake
+identities) start anew in each.
 """
 
 from __future__ import annotations
@@ -17,47 +19,24 @@ from pathlib import Path
 
 from streamanon import UserError, anonymize_file, load_config
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".ts", ".mts"}
-
-
-def videos_under(folder: Path) -> list[Path]:
-    """Every video file under ``folder``, sorted (hidden files and folders left out)."""
-    return sorted(
-        path for path in folder.rglob("*")
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )  # fmt: skip
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path, help="folder of videos")
+    parser.add_argument("src", type=Path, help="folder of videos (and photos)")
     parser.add_argument("dst", type=Path, help="output folder (created; mirrors src)")
     parser.add_argument("--mode", default="blur", choices=["blur", "pixelate", "solid", "generate"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
 
-    if not args.src.is_dir():
-        print(f"error: {args.src} is not a folder", file=sys.stderr)
-        return 1
     config = load_config(overrides={"replace.mode": args.mode, "device": args.device})
-    done = skipped = failed = 0
-    for video in videos_under(args.src):
-        target = args.dst / video.relative_to(args.src)
-        if target.exists():
-            skipped += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            summary = anonymize_file(video, target, config)
-        except UserError as exc:  # unreadable or broken input, full disk...: next file
-            print(f"FAILED {video}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{video}: {summary.line()}")
-        done += 1
-    print(f"{done} anonymized, {skipped} already done, {failed} failed")
-    return 1 if failed else 0
+    try:
+        # report: one line per finished video, as it finishes (a failed file is named on stderr).
+        summary = anonymize_file(args.src, args.dst, config, skip_existing=True, report=print)
+    except UserError as exc:  # a missing folder, or some files failed (the rest are done)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
 
 
 if __name__ == "__main__":

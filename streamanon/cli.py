@@ -206,6 +206,11 @@ def cli(verbose: bool) -> None:
 @pipeline_options
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
 @click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Leave outputs that exist alone and do the rest (resume a folder; outputs are never half-written).",
+)
+@click.option(
     "--drop-unsupported-streams",
     "drop_unsupported",
     is_flag=True,
@@ -224,22 +229,28 @@ def cli(verbose: bool) -> None:
     help="With --sequence: the frames' rate, for tracking and smoothing [30].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-def file_command(src: Path, dst: Path, overwrite: bool, drop_unsupported: bool, sequence: bool,
-                 sequence_fps: float | None, quiet: bool, **opts) -> None:  # fmt: skip
-    """Anonymize a video, an image, or a folder of images SRC into DST.
+def file_command(src: Path, dst: Path, overwrite: bool, skip_existing: bool, drop_unsupported: bool,
+                 sequence: bool, sequence_fps: float | None, quiet: bool, **opts) -> None:  # fmt: skip
+    """Anonymize a video, an image, or a folder of images and videos SRC into DST.
 
-    Videos keep their frame count, timestamps, rotation and audio (copied bit-exact). The images
-    of a folder are unrelated photos unless --sequence says they are frames of a video.
+    Videos keep their frame count, timestamps, rotation and audio (copied bit-exact). A folder's
+    outputs mirror its tree; each video in it is its own clip, and a file that fails is named and
+    the rest go on. The images of a folder are unrelated photos unless --sequence says they are
+    frames of a video.
     """
     from .files import anonymize_file
 
     if sequence_fps is not None and not sequence:
         raise click.UsageError("--fps is the frame rate of a --sequence; add --sequence or leave it out")
+    if overwrite and skip_existing:
+        raise click.UsageError("--overwrite replaces existing outputs and --skip-existing leaves them: choose one")
     config = config_from_options(opts)
     with _terminate_cleanly():
         summary = anonymize_file(
-            src, dst, config, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(),
-            drop_unsupported=drop_unsupported, sequence_fps=(sequence_fps or SEQUENCE_FPS) if sequence else None,
+            src, dst, config, overwrite=overwrite, skip_existing=skip_existing,
+            progress=not quiet and sys.stderr.isatty(), drop_unsupported=drop_unsupported,
+            sequence_fps=(sequence_fps or SEQUENCE_FPS) if sequence else None,
+            report=None if quiet else lambda line: click.echo(f"streamanon: {line}", err=True),
         )
     if not quiet:
         click.echo(f"streamanon: {summary.line()}", err=True)

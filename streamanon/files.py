@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 from .config import AnonymizerConfig
 from .errors import UserError
@@ -35,6 +36,8 @@ class RunSummary:
     seconds: float = 0.0
     output: Path | None = None
     backend: str = ""
+    videos: int = 0  # videos of a folder anonymized
+    skipped: int = 0  # outputs that existed and were left alone (``skip_existing``)
 
     @property
     def tracks(self) -> int:
@@ -51,11 +54,23 @@ class RunSummary:
         self.fallback += stats.fallback
         self.track_ids.update((segment, track_id) for track_id in stats.track_ids)
 
+    def absorb(self, part: RunSummary, segment: int) -> None:
+        """Count the frames of ``part`` (one tracker run, e.g. one video of a folder) as ``segment``."""
+        self.frames += part.frames
+        self.faces += part.faces
+        self.fallback += part.fallback
+        self.track_ids.update((segment, track_id) for _, track_id in part.track_ids)
+
     def line(self) -> str:
+        if self.skipped and not self.frames:
+            exist = "output exists" if self.skipped == 1 else f"all {self.skipped} outputs exist"
+            return f"nothing to do, {exist} -> {self.output}"
         fallback = f", {self.fallback} fell back to blur" if self.fallback else ""
+        videos = f", {self.videos} videos" if self.videos else ""
+        skipped = f", {self.skipped} skipped (output exists)" if self.skipped else ""
         return (
-            f"{self.frames} frames, {self.faces} faces{fallback}, {self.tracks} tracks, "
-            f"{self.seconds:.1f} s, {self.fps:.1f} fps [{self.backend}] -> {self.output}"
+            f"{self.frames} frames{videos}, {self.faces} faces{fallback}, {self.tracks} tracks, "
+            f"{self.seconds:.1f} s, {self.fps:.1f} fps [{self.backend}]{skipped} -> {self.output}"
         )
 
 
@@ -65,33 +80,47 @@ def anonymize_file(
     config: AnonymizerConfig | None = None,
     *,
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool = False,
     drop_unsupported: bool = False,
     sequence_fps: float | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Anonymize a video file, an image file, or a folder of images into ``dst``.
+    """Anonymize a video file, an image file, or a folder of images and videos into ``dst``.
 
     The output is written to a temporary file and renamed on success; the input is never modified.
+    A folder's outputs mirror its tree (same relative paths and names); each of its videos is
+    tracked on its own, and a file that fails is named in one line on stderr while the rest go on
+    (:class:`UserError` at the end). ``skip_existing`` leaves outputs that exist alone (an
+    interrupted folder resumes where it stopped; a half-written output never exists, see
+    :func:`~streamanon.io.paths.atomic_output`); ``overwrite`` replaces them instead.
     ``drop_unsupported`` leaves out non-video streams the output container cannot hold instead of
     failing. ``sequence_fps`` (folders only): the images of each folder are consecutive frames of
     one camera at this rate, in natural name order, tracked across (see :func:`image_sequences`);
-    None: unrelated photos, each on its own.
+    None: unrelated photos, each on its own. ``report``: called with one line per finished video of
+    a folder.
     """
     from .io.images import is_image_path
     from .io.paths import check_paths
 
     src, dst = Path(src), Path(dst)
+    if overwrite and skip_existing:
+        raise UserError("--overwrite replaces existing outputs and --skip-existing leaves them: choose one")
     if sequence_fps is not None:
         if not src.is_dir():
             raise UserError(f"--sequence reads a folder of frames, and {src} is not a folder")
         if not (math.isfinite(sequence_fps) and sequence_fps > 0):
             raise UserError(f"the frame rate of a sequence must be a positive number, got {sequence_fps}")
-    check_paths(src, dst, overwrite)
+    if skip_existing and not src.is_dir() and (dst.exists() or dst.is_symlink()):
+        check_paths(src, dst, overwrite=True)  # every other check still applies
+        return RunSummary(output=dst, skipped=1)
+    check_paths(src, dst, overwrite, skip_existing)
     anonymizer = Anonymizer(config)
     summary = RunSummary(output=dst, backend=anonymizer.backend_name)
     started = time.perf_counter()
     if src.is_dir():
-        _anonymize_folder(anonymizer, src, dst, summary, progress, overwrite, sequence_fps)
+        job = _FolderJob(anonymizer, dst, summary, progress, overwrite, skip_existing, drop_unsupported, report)
+        job.run(src, sequence_fps)
     elif is_image_path(src):
         from .io.images import read_image, write_image
 
@@ -104,63 +133,133 @@ def anonymize_file(
     return summary
 
 
-def _anonymize_folder(
-    anonymizer: Anonymizer, src: Path, dst: Path, summary: RunSummary, progress: bool, overwrite: bool,
-    sequence_fps: float | None = None,
-) -> None:
-    from .io.images import image_sequences, iter_image_folder, read_image, write_image
+@dataclass
+class _FolderJob:
+    """A folder's photos (or frame sequences) and videos into the mirror folder ``dst``."""
 
-    if sequence_fps is None:  # photos of a folder are unrelated: each one on its own
-        runs = [[item] for item in iter_image_folder(src)]
-    else:
-        runs = image_sequences(src)
-    items = [item for run in runs for item in run]
-    if not items:
-        raise UserError(f"no images found in folder {src}")
-    time_base = None if sequence_fps is None else 1 / Fraction(sequence_fps).limit_denominator(1001)
-    bar = _progress_bar(len(items), "images", progress)
-    failed: list[Path] = []
-    segment = -1  # counts tracker restarts: track ids start at 1 again after each
-    try:
-        for run in runs:
-            anonymizer.reset()  # no tracking from one sequence (or photo) into the next
-            segment += 1
-            size = None
-            for index, (relative, path) in enumerate(run):
-                target = dst / relative
-                try:
-                    if target.exists() and not overwrite:
-                        raise UserError(f"output exists: {target} (use --overwrite to replace it)")
-                    frame = Frame(read_image(path), index, index, time_base)
-                    if size is not None and frame.image.shape != size:
-                        # Another camera or a crop: the tracks' boxes would mean nothing in it.
-                        log.warning("%s: %s differs in size from the frames before it; tracking starts anew",
-                                    path, "x".join(map(str, frame.image.shape[1::-1])))  # fmt: skip
-                        anonymizer.reset()
-                        segment += 1
-                    size = frame.image.shape
-                    image, stats = anonymizer.process_frame(frame)
+    anonymizer: Anonymizer
+    dst: Path
+    summary: RunSummary
+    progress: bool
+    overwrite: bool
+    skip_existing: bool
+    drop_unsupported: bool
+    report: Callable[[str], None] | None
+    failed: list[Path] = field(default_factory=list)
+    segment: int = -1  # counts tracker runs: track ids start at 1 again in each
+
+    def run(self, src: Path, sequence_fps: float | None) -> None:
+        from .io.images import image_sequences, iter_image_folder
+        from .io.paths import iter_video_folder
+
+        if sequence_fps is None:  # photos of a folder are unrelated: each one on its own
+            runs = [[item] for item in iter_image_folder(src)]
+        else:
+            runs = image_sequences(src)
+        videos = list(iter_video_folder(src))
+        files = sum(len(run) for run in runs) + len(videos)
+        if not files:
+            raise UserError(f"no images or videos found in folder {src}")
+        if runs:
+            time_base = None if sequence_fps is None else 1 / Fraction(sequence_fps).limit_denominator(1001)
+            self._images(runs, time_base)
+        for relative, path in videos:
+            self._video(relative, path)
+        if self.failed:
+            kind = "files" if runs and videos else "videos" if videos else "images"
+            done = files - len(self.failed) - self.summary.skipped
+            kept = f", {self.summary.skipped} there before left as they were" if self.summary.skipped else ""
+            raise UserError(
+                f"{len(self.failed)} of {files} {kind} failed (each named above), {done} anonymized into "
+                f"{self.dst}{kept}"
+            )
+
+    def _target(self, relative: Path) -> Path | None:
+        """Where ``relative`` goes; None when it exists and is to be left alone."""
+        target = self.dst / relative
+        if target.exists() or target.is_symlink():
+            if self.skip_existing:
+                self.summary.skipped += 1
+                return None
+            if not self.overwrite:
+                raise UserError(f"output exists: {target} (use --overwrite to replace it)")
+        return target
+
+    @staticmethod
+    def _make_folder(target: Path) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create folder {target.parent}: {exc.strerror or exc}") from None
+
+    def _fail(self, path: Path, exc: UserError, bar) -> None:
+        # One broken or unreadable file must not cost the rest of the folder: say so, go on.
+        self.failed.append(path)
+        what = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        _report_skipped(bar, f"streamanon: skipped: {what}")
+
+    def _images(self, runs: list[list[tuple[Path, Path]]], time_base: Fraction | None) -> None:
+        from .io.images import read_image, write_image
+
+        bar = _progress_bar(sum(len(run) for run in runs), "images", self.progress)
+        try:
+            for run in runs:
+                self.anonymizer.reset()  # no tracking from one sequence (or photo) into the next
+                self.segment += 1
+                size = None
+                for index, (relative, path) in enumerate(run):
                     try:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as exc:
-                        raise UserError(f"cannot create folder {target.parent}: {exc.strerror or exc}") from None
-                    write_image(target, image)  # atomic: a failure leaves nothing at target
-                except UserError as exc:
-                    # One broken or unreadable image must not cost the rest of the folder: say so, go on.
-                    # (In a sequence its time still passes: the faces known of coast over the gap.)
-                    failed.append(path)
-                    what = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                    _report_skipped(bar, f"streamanon: skipped: {what}")
-                else:
-                    summary.add(stats, segment)
-                _advance(bar, summary)
-    finally:
-        _close(bar)
-    if failed:
-        done = len(items) - len(failed)
-        raise UserError(
-            f"{len(failed)} of {len(items)} images failed (each named above), {done} anonymized into {dst}"
-        )
+                        target = self._target(relative)
+                        if target is None and time_base is None:
+                            continue  # a photo done before: nothing depends on it
+                        frame = Frame(read_image(path), index, index, time_base)
+                        if size is not None and frame.image.shape != size:
+                            # Another camera or a crop: the tracks' boxes would mean nothing in it.
+                            log.warning("%s: %s differs in size from the frames before it; tracking starts anew",
+                                        path, "x".join(map(str, frame.image.shape[1::-1])))  # fmt: skip
+                            self.anonymizer.reset()
+                            self.segment += 1
+                        size = frame.image.shape
+                        # A frame whose output exists is still seen, so the tracks of a sequence
+                        # go on through it (and hide the next frames' faces as they would have).
+                        image, stats = self.anonymizer.process_frame(frame)
+                        if target is not None:
+                            self._make_folder(target)
+                            write_image(target, image)  # atomic: a failure leaves nothing at target
+                    except UserError as exc:
+                        # (In a sequence its time still passes: the faces known of coast over the gap.)
+                        self._fail(path, exc, bar)
+                    else:
+                        if target is not None:
+                            self.summary.add(stats, self.segment)
+                    finally:
+                        _advance(bar, self.summary)
+        finally:
+            _close(bar)
+
+    def _video(self, relative: Path, path: Path) -> None:
+        from .io.paths import check_paths
+
+        try:
+            target = self._target(relative)
+            if target is None:
+                return
+            self._make_folder(target)
+            check_paths(path, target, overwrite=True)  # _target dealt with an existing output
+            self.anonymizer.reset()  # each video is its own clip: tracks and identities start anew
+            self.segment += 1
+            part = RunSummary(output=target, backend=self.summary.backend)
+            started = time.perf_counter()
+            _anonymize_video(self.anonymizer, path, target, part, self.progress, True, self.drop_unsupported,
+                             label=str(relative))  # fmt: skip
+            part.seconds = time.perf_counter() - started
+        except UserError as exc:
+            self._fail(path, exc, None)
+            return
+        self.summary.absorb(part, self.segment)
+        self.summary.videos += 1
+        if self.report is not None:
+            self.report(f"{relative}: {part.line()}")
 
 
 def _report_skipped(bar, line: str) -> None:
@@ -173,13 +272,13 @@ def _report_skipped(bar, line: str) -> None:
 
 def _anonymize_video(
     anonymizer: Anonymizer, src: Path, dst: Path, summary: RunSummary, progress: bool, overwrite: bool,
-    drop_unsupported: bool,
+    drop_unsupported: bool, label: str = "anonymizing",
 ) -> None:
     from .io.video import ProcessedFrame, VideoReader, from_display, to_display, transcode
 
     with VideoReader(src) as reader:
         total, rotation = reader.estimated_frame_count, reader.rotation
-    bar = _progress_bar(total, "frames", progress)
+    bar = _progress_bar(total, "frames", progress, label)
 
     def process(frame: Frame) -> ProcessedFrame:
         # Detectors and landmarks expect upright faces: work on the frame as a player shows it.
@@ -204,12 +303,12 @@ def _anonymize_video(
         _close(bar)
 
 
-def _progress_bar(total: int | None, unit: str, enabled: bool):
+def _progress_bar(total: int | None, unit: str, enabled: bool, label: str = "anonymizing"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit[:-1], desc="anonymizing", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit=unit[:-1], desc=label, dynamic_ncols=True, leave=False)
 
 
 def _advance(bar, summary: RunSummary) -> None:

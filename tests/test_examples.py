@@ -52,15 +52,20 @@ def test_batch_folder_example_mirrors_the_tree_resumes_and_reports_failures(clip
 
     first = _run("batch_folder.py", src, dst)
     assert first.returncode == 1  # one file failed...
-    assert "FAILED" in first.stderr and "broken.mp4" in first.stderr and "Traceback" not in first.stderr
-    assert "2 anonymized, 0 already done, 1 failed" in first.stdout  # ...and the others were done
+    assert "broken.mp4" in first.stderr and "Traceback" not in first.stderr
+    assert "1 of 3 videos failed (each named above), 2 anonymized" in first.stderr
+    assert "day1/cam_a.mp4: 12 frames" in first.stdout and "day2/cam_b.mov: 12 frames" in first.stdout
     assert _frames(dst / "day1" / "cam_a.mp4") == 12 and _frames(dst / "day2" / "cam_b.mov") == 12
     assert not (dst / ".trash").exists() and not (dst / "notes.txt").exists()
     assert sorted(p.name for p in dst.rglob("*") if p.is_file()) == ["cam_a.mp4", "cam_b.mov"]  # no temporaries
 
-    again = _run("batch_folder.py", src, dst)
-    assert "0 anonymized, 2 already done, 1 failed" in again.stdout
-    assert _run("batch_folder.py", tmp_path / "missing", dst).returncode == 1
+    again = _run("batch_folder.py", src, dst)  # ...and a second run only retries it
+    assert again.returncode == 1 and "0 anonymized" in again.stderr
+    assert "2 there before left as they were" in again.stderr
+    (src / "day2" / "broken.mp4").unlink()
+    assert "nothing to do, all 2 outputs exist" in _run("batch_folder.py", src, dst).stdout
+    missing = _run("batch_folder.py", tmp_path / "missing", dst)
+    assert missing.returncode == 1 and "input not found" in missing.stderr
 
 
 def test_camera_to_file_example_records_a_live_source(clip, tmp_path):
