@@ -145,3 +145,16 @@ def test_skip_existing_in_a_sequence_still_tracks_through_frames_done_before(tmp
     assert (resumed / "0.png").read_bytes() == b"done before"
     for name in ("3.png", "4.png", "5.png"):
         assert np.array_equal(read_image(resumed / name), read_image(full / name)), name
+
+
+def test_an_output_folder_that_holds_the_input_folder_is_refused(clips, tmp_path, capsys):
+    """src = t/a, dst = t: t/a/a/x.png's output would be t/a/x.png, an input not yet read."""
+    src = tmp_path / "a"
+    (src / "a").mkdir(parents=True)
+    frame = _frames(clips[0])[0]
+    write_image(src / "x.png", frame)
+    write_image(src / "a" / "x.png", frame[::-1].copy())
+    before = {p: p.read_bytes() for p in src.rglob("*.png")}
+    assert main(["file", str(src), str(tmp_path), "--overwrite"]) == 1
+    assert "must not hold the input folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in src.rglob("*.png")} == before

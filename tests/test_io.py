@@ -440,6 +440,9 @@ def test_check_paths_kinds_and_folders(tmp_path):
     folder.mkdir()
     with pytest.raises(UserError, match="inside the input folder"):
         check_paths(folder, folder / "anon", overwrite=False)
+    for holder in (tmp_path, tmp_path.parent):  # outputs would land on inputs not read yet
+        with pytest.raises(UserError, match="must not hold the input folder"):
+            check_paths(folder, holder, overwrite=True, skip_existing=False)
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "x.jpg").write_bytes(b"")

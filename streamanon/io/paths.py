@@ -116,6 +116,10 @@ def _check_folder_output(src: Path, dst: Path, may_be_full: bool) -> None:
     if src_real in dst_real.parents:
         # Outputs inside the input tree would be picked up as inputs on the next run.
         raise UserError(f"output folder must not be inside the input folder: {dst}")
+    if dst_real in src_real.parents:
+        # Outputs would land on input files not read yet (src/x.jpg is dst/<src name>/x.jpg's
+        # output when src's own tree holds that path), and mix with the inputs.
+        raise UserError(f"output folder must not hold the input folder: {dst} holds {src}")
     if dst.is_dir():
         if any(dst.iterdir()) and not may_be_full:
             raise UserError(
