@@ -347,7 +347,7 @@ class FailingAnonymizer(Anonymizer):
         return super().process_frame(frame)
 
 
-def run_raw(frames, anonymizer, options, interval: float = 0.0, burst: int = 1):
+def run_raw(frames, anonymizer, options, interval: float = 0.0, burst: int = 1, report=None):
     """Stream RGB ``frames`` through a pipe into a StreamRunner; return (summary, output frames).
 
     The frames arrive ``burst`` at a time every ``interval`` seconds (a jittery camera).
@@ -369,7 +369,7 @@ def run_raw(frames, anonymizer, options, interval: float = 0.0, burst: int = 1):
     writer.start()
     with os.fdopen(read_fd, "rb") as pipe:
         source = RawSource(WIDTH, HEIGHT, "rgb24", fps=25, stream=pipe)
-        summary = StreamRunner(source, [RawSink("rgb24", stream=out)], anonymizer, options).run()
+        summary = StreamRunner(source, [RawSink("rgb24", stream=out)], anonymizer, options, report).run()
     writer.join(5)
     data, size = out.getvalue(), frame_bytes("rgb24", WIDTH, HEIGHT)
     assert len(data) % size == 0
@@ -391,6 +391,23 @@ def test_processing_that_keeps_failing_stops_the_stream(face):
     summary, out = run_raw(frames, FailingAnonymizer(lambda i: True), StreamOptions(latency="lossless"))
     assert summary.error and "in a row" in summary.error
     assert summary.failed >= MAX_CONSECUTIVE_FAILURES and out == [], "nothing unprocessed goes out"
+
+
+def test_progress_lines_that_cannot_be_written_do_not_cost_the_recording(face):
+    """stderr piped into a reader that quit: the report callback raises BrokenPipeError; the
+    stream goes on to the end without it, every frame out and hidden."""
+    frames = clip_frames(shared_path(CLIP), 12)
+    calls = []
+
+    def gone(line: str) -> None:
+        calls.append(line)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    options = StreamOptions(latency="lossless", report_every=0.001)
+    summary, out = run_raw(frames, Anonymizer(), options, interval=0.02, report=gone)
+    assert len(calls) == 1, "a broken stream is not written to again"
+    assert summary.error is None and summary.end_reason == "end of input" and len(out) == 12
+    assert_face_hidden(out, face)
 
 
 def test_realtime_catches_up_with_late_frames_blurred(face):

@@ -25,7 +25,10 @@ from .sources import RawSource, SourceSettings, open_source
 
 
 def _say(line: str) -> None:
-    click.echo(f"streamanon: {line}", err=True)
+    try:
+        click.echo(f"streamanon: {line}", err=True)
+    except OSError:
+        pass  # stderr is gone (piped into a reader that quit): the recording goes on without it
 
 
 def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:

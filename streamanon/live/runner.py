@@ -133,6 +133,23 @@ class StreamSummary:
         return f"stream ended ({self.end_reason}): {', '.join(parts)}; {self.latency.line()} -> {outputs}"
 
 
+def _quiet_when_broken(report: Callable[[str], None]) -> Callable[[str], None]:
+    """``report``, silenced for good once its stream is gone (stderr piped into ``head``, a closed
+    terminal): progress lines must never cost the recording."""
+    broken = threading.Event()
+
+    def say(line: str) -> None:
+        if broken.is_set():
+            return
+        try:
+            report(line)
+        except OSError as exc:  # BrokenPipeError, EIO on a hung-up terminal, ...
+            broken.set()
+            log.debug("progress lines stop: %s", exc)
+
+    return say
+
+
 class StreamRunner:
     """Runs one live stream from ``source`` through ``anonymizer`` into ``sinks``.
 
@@ -155,7 +172,7 @@ class StreamRunner:
         self.sinks = list(sinks)
         self.anonymizer = anonymizer
         self.options = options or StreamOptions()
-        self.report = report or (lambda line: None)
+        self.report = _quiet_when_broken(report) if report is not None else (lambda line: None)
         self.latency = LatencyStats()
         self.summary = StreamSummary(source=source.name)
         self._inbox: FrameQueue[_Captured] = FrameQueue(self.options.queue_size, self.options.latency)
@@ -210,9 +227,10 @@ class StreamRunner:
                     self.report(self._progress_line(now - started, fps))
                     reported_at, reported_out = now, out
                     next_report += self.options.report_every
-        except KeyboardInterrupt:
-            # No signal handler installed (library use): still finish the output before passing it on.
-            self.stop("interrupted")
+        except BaseException as exc:
+            # Ctrl-C without a signal handler (library use), or a failing callback: still finish the
+            # output before passing it on.
+            self.stop("interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}")
             self._output_done.wait()
             raise
         self._stop.set()  # the output has ended: nothing upstream is needed any more
