@@ -7,6 +7,7 @@ the ffmpeg binary that imageio-ffmpeg ships (used only to *make* inputs).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import subprocess
@@ -341,6 +342,38 @@ def test_truncated_recording_keeps_the_frames_it_has(tmp_path):
     assert 25 <= result.frames < 75 and result.copied_streams == 1
     with VideoReader(tmp_path / "out.mp4") as reader:
         assert len(list(reader)) == result.frames
+
+
+def test_cut_off_mp4_keeps_every_decodable_frame_and_says_how_many_the_file_declared(tmp_path, caplog):
+    """An MP4 whose index (moov, at the front) lists 30 frames but whose data stops halfway: every
+    frame FFmpeg can decode comes out (frame threads silently dropped the ones in flight at the
+    damaged packet: 11 of 13), and a warning says how many of the declared ones that is."""
+    from streamanon.bench.scenes import trim_clip
+
+    short, _ = trim_clip(shared_path("videos/talking_512_katiehill.mp4"), 30, tmp_path / "short.mp4")
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(short)) as inp, av.open(str(whole), "w", options={"movflags": "+faststart"}) as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = video
+                out.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    decodable = 0
+    with av.open(str(cut)) as container:  # the reference: FFmpeg without threads
+        video = container.streams.video[0]
+        video.thread_type = "NONE"
+        for packet in container.demux(video):
+            try:
+                decodable += len(packet.decode())
+            except av.InvalidDataError:
+                pass
+    assert 5 < decodable < 30
+    with caplog.at_level(logging.WARNING, logger="streamanon.io.video"):
+        result = transcode(cut, tmp_path / "out.mp4", lambda f: f.image, FAST)
+    assert result.frames == decodable
+    assert f"{decodable} of the 30 frames the file declares could be decoded" in caplog.text
 
 
 # -- failures leave nothing behind --------------------------------------------------------
