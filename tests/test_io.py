@@ -376,6 +376,30 @@ def test_cut_off_mp4_keeps_every_decodable_frame_and_says_how_many_the_file_decl
     assert f"{decodable} of the 30 frames the file declares could be decoded" in caplog.text
 
 
+def test_a_size_change_mid_stream_is_scaled_to_the_first_size(tmp_path, caplog):
+    """Two H.264 streams of different sizes joined (a camera that switched resolution): every frame
+    comes out at the size the video started with, with one warning."""
+    joined = b""
+    for i, size in enumerate([(96, 64), (64, 48)]):
+        part = tmp_path / f"part{i}.h264"
+        with av.open(str(part), "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+            stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+            for k in range(10):
+                image = np.full((size[1], size[0], 3), 20 * k, np.uint8)
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")))
+            out.mux(stream.encode(None))
+        joined += part.read_bytes()
+    src, dst = tmp_path / "joined.h264", tmp_path / "out.mp4"
+    src.write_bytes(joined)
+    with caplog.at_level(logging.WARNING, logger="streamanon.io.video"):
+        result = transcode(src, dst, lambda f: f.image, FAST)
+    assert result.frames == 20
+    assert caplog.text.count("the video started at 96x64; scaled to that size") == 1
+    with VideoReader(dst) as reader:
+        assert {frame.image.shape for frame in reader} == {(64, 96, 3)}
+
+
 # -- failures leave nothing behind --------------------------------------------------------
 @pytest.fixture
 def small_clip(tmp_path) -> Path:

@@ -164,6 +164,10 @@ class VideoReader:
         # a packet is damaged (the last frames of a cut-off recording: 19 of 21 decodable ones in an
         # audit). Decoding stays the cheap part (1080p H.264 ~5 ms a frame with RGB conversion).
         self._stream.thread_type = "SLICE"
+        # The stream's size as it starts: the output's. The codec context follows the decoder,
+        # which may be ahead of the frames handed out, so it is read once, here.
+        self._size = (int(self._stream.codec_context.width), int(self._stream.codec_context.height))
+        self._resized_from: set[tuple[int, int]] = set()  # other frame sizes met (warned once each)
         self._probed = False
         self._display_matrix: tuple[int, ...] | None = None
         self._rotation = 0
@@ -205,11 +209,13 @@ class VideoReader:
 
     @property
     def width(self) -> int:
-        return int(self._stream.codec_context.width)
+        """Frame width as the stream starts; every frame is handed out at this size."""
+        return self._size[0]
 
     @property
     def height(self) -> int:
-        return int(self._stream.codec_context.height)
+        """Frame height as the stream starts; every frame is handed out at this size."""
+        return self._size[1]
 
     @property
     def fps(self) -> Fraction | None:
@@ -302,6 +308,16 @@ class VideoReader:
     # -- decoding -------------------------------------------------------------------
     def _frame(self, decoded: av.VideoFrame, index: int, pts: int | None = None) -> Frame:
         options: dict = {"format": "rgb24"}
+        if not all(self._size):  # a container that leaves the size to the first frame
+            self._size = (decoded.width, decoded.height)
+        if (decoded.width, decoded.height) != self._size:
+            # A size change mid-stream (a camera switching resolution, clips joined): scaled to the
+            # size the stream started with, as ffmpeg does, since the output has one size.
+            options["width"], options["height"] = self._size
+            if (decoded.width, decoded.height) not in self._resized_from:
+                self._resized_from.add((decoded.width, decoded.height))
+                log.warning("%s: frame %d is %dx%d, the video started at %dx%d; scaled to that size", self.path,
+                            index, decoded.width, decoded.height, *self._size)  # fmt: skip
         if decoded.color_range == _COLOR_RANGE_JPEG:
             # swscale treats untagged YUV as limited range; full-range input must say so.
             options["src_color_range"] = _COLOR_RANGE_JPEG
