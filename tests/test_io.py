@@ -400,6 +400,20 @@ def test_a_size_change_mid_stream_is_scaled_to_the_first_size(tmp_path, caplog):
         assert {frame.image.shape for frame in reader} == {(64, 96, 3)}
 
 
+@pytest.mark.parametrize("suffix", [".ts", ".flv", ".nut"])
+def test_containers_without_reordering_keep_every_timestamp(tmp_path, suffix):
+    """MPEG-TS, FLV and NUT cannot store a B-frame's reorder delay apart from its time: with
+    B-frames every timestamp came out shifted by it; they are encoded without."""
+    src = tmp_path / "vfr.mp4"
+    pts = [0, 40, 80, 200, 240, 280, 400, 440, 480, 520, 560, 600]  # ms, with gaps: variable rate
+    make_clip(src, pts)
+    dst = tmp_path / f"out{suffix}"
+    transcode(src, dst, lambda f: f.image, FAST)
+    with VideoReader(dst) as reader:
+        shown = [round(float(frame.pts * frame.time_base) * 1000) for frame in reader]
+    assert shown == pts
+
+
 # -- failures leave nothing behind --------------------------------------------------------
 @pytest.fixture
 def small_clip(tmp_path) -> Path:

@@ -85,6 +85,9 @@ __all__ = [
 
 _DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
 _COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full range
+# Containers that store each frame's presentation time apart from its decode time (or an edit list
+# for the reorder delay): encoders may use B-frames there and every source timestamp survives.
+_REORDERING_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".mkv", ".webm"})
 _X26X_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )  # fmt: skip
@@ -646,6 +649,11 @@ class VideoWriter:
     def _encoder_options(self, ctx: av.CodecContext) -> dict[str, str]:
         private = {option.name for option in ctx.supported_options.private}
         options: dict[str, str] = {}
+        if self.path.suffix.lower() not in _REORDERING_CONTAINERS:
+            # No B-frames where the container cannot store when a reordered frame is shown: AVI and
+            # ASF would get frames stamped out of order, MPEG-TS, FLV, NUT and MXF every timestamp
+            # shifted by the reorder delay.
+            options["bf"] = "0"
         if "crf" in private:
             options["crf"] = str(self.encode.crf)
         else:
