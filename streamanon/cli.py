@@ -291,11 +291,16 @@ def _register_optional_commands() -> None:
         parent.add_command(command, name)
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line: the promise of every failure, whatever library wrote it."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the CLI and turns every failure into one line and an exit code."""
     debug = os.environ.get("STREAMANON_DEBUG") == "1"
-    _register_optional_commands()
     try:
+        _register_optional_commands()  # heavy imports: a Ctrl-C during them is still one line
         cli.main(args=argv, prog_name="streamanon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -308,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        click.echo(f"streamanon: error: {exc}", err=True)
+        click.echo(f"streamanon: error: {_one_line(exc)}", err=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        click.echo("streamanon: interrupted; no output was written", err=True)
+        click.echo("streamanon: interrupted; no partial output was left", err=True)
         return EXIT_INTERRUPTED
     except Terminated as exc:
         # 128 + the signal number, as for Ctrl-C (130 = 128 + SIGINT) and as a shell reports a
@@ -323,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(
-            f"streamanon: internal error: {type(exc).__name__}: {exc} (set STREAMANON_DEBUG=1 for details)", err=True
+            f"streamanon: internal error: {type(exc).__name__}: {_one_line(exc)} (set STREAMANON_DEBUG=1 for details)",
+            err=True,
         )
         return EXIT_INTERNAL
     return 0

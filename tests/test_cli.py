@@ -55,6 +55,8 @@ def test_bad_inputs_one_line_nonzero_no_partial(tmp_path, capsys):
         ((clip, tmp_path / "no_such_dir" / "o4.mp4"), "no_such_dir"),
         ((clip, tmp_path / "o5.mp4", "--mode", "banana"), "banana"),
         ((clip, tmp_path / "o6.mp4", "--codec", "nonexistent_codec"), "nonexistent_codec"),
+        # torch's own reason is a paragraph advising weights_only=False: not repeated
+        ((clip, tmp_path / "o7.mp4", "--mode", "generate", "--weights", garbage), "not a PyTorch weights file"),
     ]
     for args, expected in cases:
         before = files_in(tmp_path)
@@ -104,3 +106,16 @@ def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "streamanon", "file", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "--overwrite" in result.stdout and "--detect-scale" in result.stdout
+
+
+def test_a_message_over_several_lines_is_printed_on_one(capsys, monkeypatch):
+    """Whatever library wrote an error's text, the user gets one line."""
+    import streamanon.cli as cli_module
+    from streamanon.errors import UserError
+
+    def fails(*args, **kwargs):
+        raise UserError("first part\n  second part\n")
+
+    monkeypatch.setattr(cli_module, "_register_optional_commands", fails)
+    code, err = run_cli(capsys, "--help")
+    assert code == 1 and err == "streamanon: error: first part second part"

@@ -84,6 +84,18 @@ def save_checkpoint(
     return path
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in a few words. Not torch's own text: for a file that is no
+    plain tensor pickle it is a paragraph advising ``weights_only=False``, which would run whatever
+    code the pickle holds."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        return "it holds Python objects besides tensors, which are not loaded: that would run their code"
+    if "PytorchStreamReader" in text:  # a PyTorch zip archive, damaged or cut short
+        return text.strip().splitlines()[0].split(". ")[0][:160]
+    return "not a PyTorch weights file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint; raise ``UserError`` for anything that is not one."""
     path = Path(path)
@@ -92,7 +104,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise UserError(f"{path} is not a readable streamanon generator checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path} is not a readable streamanon generator checkpoint ({_load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a streamanon generator checkpoint (no '{FORMAT}' format tag)")
     if payload.get("version", 0) > VERSION:
