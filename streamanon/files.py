@@ -38,6 +38,7 @@ class RunSummary:
     backend: str = ""
     videos: int = 0  # videos of a folder anonymized
     skipped: int = 0  # outputs that existed and were left alone (``skip_existing``)
+    left_out: int = 0  # files of a folder that are neither images nor videos (by extension)
 
     @property
     def tracks(self) -> int:
@@ -165,6 +166,7 @@ class _FolderJob:
             self._images(runs, time_base)
         for relative, path in videos:
             self._video(relative, path)
+        self._note_left_out(src)
         if self.failed:
             kind = "files" if runs and videos else "videos" if videos else "images"
             done = files - len(self.failed) - self.summary.skipped
@@ -173,6 +175,16 @@ class _FolderJob:
                 f"{len(self.failed)} of {files} {kind} failed (each named above), {done} anonymized into "
                 f"{self.dst}{kept}"
             )
+
+    def _note_left_out(self, src: Path) -> None:
+        """Say which files were not taken (an animated GIF, say, is not done here: only alone, into a video)."""
+        from .io.paths import other_files
+
+        left = other_files(src)
+        self.summary.left_out = len(left)
+        if left and self.report is not None:
+            names = ", ".join(str(name) for name in left[:3]) + (", ..." if len(left) > 3 else "")
+            self.report(f"left out {len(left)} file(s) that are neither images nor videos by extension: {names}")
 
     def _target(self, relative: Path) -> Path | None:
         """Where ``relative`` goes; None when it exists and is to be left alone."""

@@ -45,6 +45,7 @@ def _recordings(root: Path, clips: tuple[Path, Path]) -> Path:
     write_image(src / "day1" / "still.png", _frames(clips[1])[0])
     (src / "day2" / "broken.mp4").write_bytes(clips[0].read_bytes()[:3000])  # cut off inside its header
     (src / "notes.txt").write_text("not a video\n")
+    (src / "day2" / "wave.gif").write_bytes(b"GIF89a")  # only alone, into a video: named as left out
     return src
 
 
@@ -59,7 +60,9 @@ def test_a_folder_of_videos_mirrors_the_tree_each_video_its_own_clip(clips, tmp_
     assert lines[0].startswith("streamanon: day1/cab.mp4: 12 frames, 12 faces, 1 tracks"), err
     assert lines[1].startswith("streamanon: skipped:") and str(src / "day2" / "broken.mp4") in lines[1]
     assert lines[2].startswith("streamanon: day2/yard.mkv: 12 frames, 12 faces, 1 tracks"), err
-    assert lines[3] == f"streamanon: error: 1 of 4 files failed (each named above), 3 anonymized into {dst}"
+    assert lines[3] == ("streamanon: left out 2 file(s) that are neither images nor videos by extension: "
+                        "day2/wave.gif, notes.txt")  # fmt: skip
+    assert lines[4] == f"streamanon: error: 1 of 4 files failed (each named above), 3 anonymized into {dst}"
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
         "day1/cab.mp4", "day1/still.png", "day2/yard.mkv",
     ]  # fmt: skip

@@ -414,6 +414,28 @@ def test_containers_without_reordering_keep_every_timestamp(tmp_path, suffix):
     assert shown == pts
 
 
+def test_webm_gets_vp9_when_the_codec_is_the_default_and_other_encoders_their_own_presets(tmp_path, caplog):
+    """A .webm cannot hold H.264: with the default codec it gets the container's own (VP9), so a
+    folder of mixed recordings needs no --codec per file. Encoders whose presets are not x264's
+    (SVT-AV1) keep their own instead of refusing 'veryfast'; a crf they lack is only noted when
+    the user chose it."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, [i * 40 for i in range(8)])
+    with caplog.at_level(logging.INFO, logger="streamanon.io.video"):
+        result = transcode(src, tmp_path / "out.webm", lambda f: f.image, FAST)
+    assert result.frames == 8 and "encoding libvpx-vp9 (vp9) instead" in caplog.text
+    with VideoReader(tmp_path / "out.webm") as reader:
+        assert reader.stream.codec_context.name in ("vp9", "libvpx-vp9") and len(list(reader)) == 8
+    if "libsvtav1" in av.codecs_available:
+        assert transcode(src, tmp_path / "av1.mkv", lambda f: f.image, EncodeConfig(codec="libsvtav1")).frames == 8
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamanon.io.video"):
+        transcode(src, tmp_path / "mpeg4.mkv", lambda f: f.image, EncodeConfig(codec="mpeg4"))
+        assert "crf" not in caplog.text
+        transcode(src, tmp_path / "mpeg4_crf.mkv", lambda f: f.image, EncodeConfig(codec="mpeg4", crf=23))
+        assert "encoder mpeg4 has no crf option; crf=23 ignored" in caplog.text
+
+
 # -- failures leave nothing behind --------------------------------------------------------
 @pytest.fixture
 def small_clip(tmp_path) -> Path:
@@ -505,6 +527,8 @@ def test_check_paths_kinds_and_folders(tmp_path):
         check_paths(video, tmp_path / "b", overwrite=False)
     with pytest.raises(UserError, match="video extension"):
         check_paths(video, tmp_path / "b.jpg", overwrite=False)
+    with pytest.raises(UserError, match="GIF output is not supported.*mp4"):
+        check_paths(video, tmp_path / "b.gif", overwrite=False)
     with pytest.raises(UserError, match="give an output file name"):
         check_paths(video, tmp_path, overwrite=True)
     folder = tmp_path / "photos"

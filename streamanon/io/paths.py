@@ -32,6 +32,13 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+def other_files(src_dir: str | os.PathLike) -> list[Path]:
+    """The files under ``src_dir`` (relative) that are neither images nor videos by extension and
+    that a folder run therefore leaves out; hidden ones are not counted."""
+    other = iter_folder_files(src_dir, lambda name: not (is_image_path(name) or is_video_path(name)))
+    return [relative for relative, _ in other]
+
+
 def iter_video_folder(src_dir: str | os.PathLike) -> Iterator[tuple[Path, Path]]:
     """Yield ``(relative_path, path)`` for every video under ``src_dir``, sorted, recursive (hidden
     files and folders left out, as :func:`~streamanon.io.images.iter_folder_files` walks)."""
@@ -104,6 +111,8 @@ def check_paths(src: Path, dst: Path, overwrite: bool, skip_existing: bool = Fal
                 f"input {src.name} is a video, so the output needs a video extension "
                 f"such as .mp4 or .mkv, not '{dst.suffix}'"
             )
+        if dst.suffix.lower() == ".gif":
+            raise UserError("GIF output is not supported (256 colours a frame); write a video, e.g. .mp4 or .webm")
         raise UserError(
             f"unknown output extension '{dst.suffix or dst.name}' (use one of {_extensions(VIDEO_EXTENSIONS)})"
         )

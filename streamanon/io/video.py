@@ -54,6 +54,7 @@ import heapq
 import io
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -83,6 +84,8 @@ __all__ = [
     "transcode",
 ]
 
+# SVT-AV1 prints its banner and settings to stderr itself (not through FFmpeg's log): errors only.
+os.environ.setdefault("SVT_LOG", "1")
 _DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
 _COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full range
 # Containers that store each frame's presentation time apart from its decode time (or an edit list
@@ -91,6 +94,8 @@ _REORDERING_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".mkv", ".we
 _X26X_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )  # fmt: skip
+# libvpx's cpu-used (0 slowest .. 8 fastest) for each x264 preset name.
+_VPX_CPU_USED = dict(zip(_X26X_PRESETS, (8, 7, 6, 5, 4, 3, 2, 1, 0, 0)))
 # Pixel formats tried, in order, when the requested one cannot hold an odd frame size.
 _FULL_CHROMA_FALLBACKS = ("yuv444p", "yuvj444p", "gbrp", "rgb24", "bgr0")
 # Stream metadata worth keeping; everything else (and container metadata) may identify people.
@@ -578,9 +583,13 @@ class VideoWriter:
             # Write the header now: a container refusing a stream fails before any decoding.
             self._container.start_encoding()
         except (av.FFmpegError, ValueError) as exc:
-            copied = ", ".join(_stream_label(s) for s in template.container.streams if s.index in self._out_streams)
+            # Name what goes in: the encoder for the video, the input's codec for the copied streams.
+            held = ", ".join(
+                f"{out.codec_context.name} video" if s.index == template.stream.index else _stream_label(s)
+                for s in template.container.streams if (out := self._out_streams.get(s.index)) is not None
+            )  # fmt: skip
             raise UserError(
-                f"cannot start a {self.path.suffix} file holding {copied}: {_describe(exc)}{self._mkv_hint()}"
+                f"cannot start a {self.path.suffix} file holding {held}: {_describe(exc)}{self._mkv_hint()}"
             ) from None
 
     def _mkv_hint(self) -> str:
@@ -605,11 +614,9 @@ class VideoWriter:
         try:
             stream = self._container.add_stream(codec.name, rate=self._nominal_rate)
         except ValueError as exc:
-            # .mkv holds nearly every codec; suggesting .mp4 to someone already writing .mp4 helps no one.
-            raise UserError(
-                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); "
-                f"write a .mkv file or choose another --codec"
-            ) from None
+            stream = self._container_codec_instead(codec, exc)
+            codec = stream.codec_context.codec
+            self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
         ctx = stream.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = width, height, self.pix_fmt
         # The source time base keeps every source pts representable (VFR survives).
@@ -646,6 +653,27 @@ class VideoWriter:
                     break
         return stream
 
+    def _container_codec_instead(self, codec: av.Codec, exc: ValueError) -> av.VideoStream:
+        """The container's own video codec when it cannot hold the default H.264 (WebM: VP9, Ogg: VP8),
+        so a folder of mixed recordings needs no --codec per file; a codec the user chose fails."""
+        fallback = self._container.default_video_codec
+        if self.encode.codec != EncodeConfig.codec or fallback in (None, "none"):
+            # .mkv holds nearly every codec; suggesting .mp4 to someone already writing .mp4 helps no one.
+            raise UserError(
+                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); "
+                f"write a .mkv file or choose another --codec"
+            ) from None
+        try:
+            stream = self._container.add_stream(fallback, rate=self._nominal_rate)
+        except ValueError as again:
+            raise UserError(
+                f"a {self.path.suffix} file cannot hold {codec.name} video, nor {fallback} here "
+                f"({_describe(again)}); write a .mkv file or choose another --codec"
+            ) from None
+        log.warning("a %s file cannot hold %s video; encoding %s (%s) instead (--codec chooses)",
+                    self.path.suffix, codec.name, stream.codec_context.name, fallback)  # fmt: skip
+        return stream
+
     def _encoder_options(self, ctx: av.CodecContext) -> dict[str, str]:
         private = {option.name for option in ctx.supported_options.private}
         options: dict[str, str] = {}
@@ -654,16 +682,32 @@ class VideoWriter:
             # ASF would get frames stamped out of order, MPEG-TS, FLV, NUT and MXF every timestamp
             # shifted by the reorder delay.
             options["bf"] = "0"
+        default = EncodeConfig()
         if "crf" in private:
             options["crf"] = str(self.encode.crf)
+            if ctx.name.startswith("libvpx"):
+                options["b"] = "0"  # constant quality: libvpx caps the bitrate unless told not to
         else:
-            log.warning("encoder %s has no crf option; crf=%s ignored", ctx.name, self.encode.crf)
-        if "preset" in private:
-            if ctx.name in ("libx264", "libx264rgb", "libx265") and self.encode.preset not in _X26X_PRESETS:
-                raise UserError(
-                    f"unknown preset '{self.encode.preset}' for {ctx.name} (choose from {', '.join(_X26X_PRESETS)})"
-                )
+            # A warning only for a crf the user chose: the default is not a promise.
+            (log.info if self.encode.crf == default.crf else log.warning)(
+                "encoder %s has no crf option; crf=%s ignored", ctx.name, self.encode.crf
+            )
+        x26x = ctx.name in ("libx264", "libx264rgb", "libx265")
+        if x26x and self.encode.preset not in _X26X_PRESETS:
+            raise UserError(
+                f"unknown preset '{self.encode.preset}' for {ctx.name} (choose from {', '.join(_X26X_PRESETS)})"
+            )
+        if "cpu-used" in private and self.encode.preset in _X26X_PRESETS:
+            # libvpx's speed knob, from the x264-style preset (its own default is slow: cpu-used 1).
+            options["cpu-used"] = str(_VPX_CPU_USED[self.encode.preset])
+            if "row-mt" in private:
+                options["row-mt"] = "1"
+        elif "preset" in private and (x26x or self.encode.preset != default.preset):
+            # Other encoders' presets (SVT-AV1: 0-13, NVENC: p1-p7) have other names: the x264 default
+            # would be refused, so they keep their own unless one is given.
             options["preset"] = self.encode.preset
+        if ctx.name == "libx265":
+            options["x265-params"] = "log-level=error"  # x265 prints its settings to stderr otherwise
         return options
 
     def _add_copy(self, stream: av.stream.Stream) -> av.stream.Stream | None:
