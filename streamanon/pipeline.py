@@ -6,7 +6,9 @@ source -> detect -> track -> landmarks -> align -> generate -> photometric -> co
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +35,8 @@ REFOUND_OVERLAP = 0.3
 
 # Frame rate assumed for timestamps when frames come without them (``Anonymizer.process``).
 DEFAULT_FPS = 25.0
+# Ticks a second of the timestamps given to ``Anonymizer.process`` (microseconds).
+_API_CLOCK = 1_000_000
 
 
 def samples_on_device(frame_tensor) -> bool:
@@ -149,10 +153,19 @@ class Anonymizer:
                              plausibility=plausibility, landmarks=settings.guard_landmarks,
                              observer=observer)  # fmt: skip
 
-    def process(self, frame_rgb: np.ndarray) -> np.ndarray:
-        """Anonymize one RGB frame; frames are assumed consecutive at 25 fps."""
-        frame = Frame(image=frame_rgb, index=self._frame_index)
-        return self.process_frame(frame)[0]
+    def process(self, frame_rgb: np.ndarray, timestamp: float | None = None) -> np.ndarray:
+        """Anonymize one RGB frame ``(H, W, 3) uint8`` and return the new image.
+
+        ``timestamp``: when the frame was taken, in seconds (any origin, rising from frame to frame;
+        e.g. the camera's clock). It times the tracker's coasting, the smoothing and the identity
+        guard's re-checks; without it frames are taken as consecutive at 25 fps.
+        """
+        if timestamp is None:
+            return self.process_frame(Frame(image=frame_rgb, index=self._frame_index))[0]
+        if not math.isfinite(timestamp):
+            raise UserError(f"a frame's timestamp must be a finite number of seconds, got {timestamp}")
+        pts = round(timestamp * _API_CLOCK)
+        return self.process_frame(Frame(frame_rgb, self._frame_index, pts, Fraction(1, _API_CLOCK)))[0]
 
     def process_frame(self, frame: Frame, timer: StageClock = NULL_TIMER) -> tuple[np.ndarray, FrameStats]:
         """Anonymize ``frame``; returns the new image and what was done to it.

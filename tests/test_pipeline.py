@@ -159,6 +159,24 @@ def test_blur_hides_every_face_even_when_detector_misses():
     assert checked_coasting >= 2, "the clip must show faces during the planted misses"
 
 
+def test_process_takes_the_caller_s_timestamps():
+    """Anonymizer.process(image, timestamp): a camera's own clock times the tracking and smoothing,
+    exactly as a decoded frame's pts does (and 30 fps is not 25: the smoothed boxes differ)."""
+    frames = decode_rgb(shared_path("videos/talking_512_katiehill.mp4"))[:8]
+    config = load_config(overrides={"replace.mode": "solid"})
+    by_clock, by_pts, assumed = Anonymizer(config), Anonymizer(config), Anonymizer(config)
+    differs = False
+    for index, image in enumerate(frames):
+        t = 100.0 + index / 30
+        out = by_clock.process(image, timestamp=t)
+        expected, _ = by_pts.process_frame(Frame(image, index, pts=round(t * 1e6), time_base=Fraction(1, 10**6)))
+        assert np.array_equal(out, expected), index
+        differs |= not np.array_equal(out, assumed.process(image))
+    assert differs
+    with pytest.raises(UserError, match="finite"):
+        by_clock.process(frames[0], timestamp=float("nan"))
+
+
 def test_image_file_and_modes(tmp_path):
     src = shared_path("images/multiface.jpg")
     for mode in ("blur", "pixelate", "solid"):
