@@ -415,6 +415,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         if "mode" in table:
-            table.setdefault("replace", {})["mode"] = table.pop("mode")
+            replace_table = table.setdefault("replace", {})
+            if isinstance(replace_table, dict) and "mode" in replace_table:
+                raise UserError(
+                    f"config file {path} sets the mode twice (mode = {table['mode']!r} and [replace] mode = "
+                    f"{replace_table['mode']!r}): keep one"
+                )
+            replace_table["mode"] = table.pop("mode")
         config = config.with_overrides(_flatten(table))
     return config.with_overrides(overrides or {})

@@ -97,3 +97,13 @@ def test_override_from_text_reads_toml_values_and_plain_text():
     for bad in ("detect.scale", "=2"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             override_from_text(bad)
+
+
+def test_the_mode_set_twice_in_a_file_is_refused_not_quietly_resolved(tmp_path):
+    settings = tmp_path / "twice.toml"
+    settings.write_text('mode = "blur"\n[replace]\nmode = "pixelate"\n')
+    with pytest.raises(UserError, match="sets the mode twice"):
+        load_config(settings)
+    settings.write_text('mode = "pixelate"\n[replace]\nmargin = 0.3\n')  # the shorthand beside other keys
+    config = load_config(settings)
+    assert (config.replace.mode, config.replace.margin) == ("pixelate", 0.3)
