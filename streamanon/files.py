@@ -290,6 +290,11 @@ def _anonymize_video(
 
     with VideoReader(src) as reader:
         total, rotation = reader.estimated_frame_count, reader.rotation
+        others = ", ".join(f"{s.type} ({s.codec_context.name if s.codec_context else 'no codec'})"
+                           for s in reader.container.streams if s.index != reader.stream.index)  # fmt: skip
+        log.info("%s: %dx%d %s video, %s fps, %s frames, rotation %d; other streams: %s", src, reader.width,
+                 reader.height, reader.stream.codec_context.name, reader.fps and f"{float(reader.fps):.3g}",
+                 total or "unknown", rotation, others or "none")  # fmt: skip
     bar = _progress_bar(total, "frames", progress, label)
 
     def process(frame: Frame) -> ProcessedFrame:

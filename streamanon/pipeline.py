@@ -110,6 +110,12 @@ class Anonymizer:
                     initializer=_start_guard_thread, initargs=(self.generator.device,),
                 )  # fmt: skip
             self.identities = TrackIdentities(self.guard, settings.seed, settings.guard_check_seconds, thread)
+        detect = self.config.detect
+        log.info("faces replaced by %s on %s; detection: threshold %g, scale %s, full frame every %d frame(s), "
+                 "rotations %s, lost faces searched again: %s; tracks kept %d frames after a miss",
+                 self.backend_name, self.config.device, detect.threshold, detect.scale or "auto", detect.every,
+                 ",".join(map(str, detect.rotations)), "yes" if detect.refind_lost else "no",
+                 self.config.track.max_missed)  # fmt: skip
 
     @property
     def backend_name(self) -> str:

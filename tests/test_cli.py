@@ -119,3 +119,19 @@ def test_a_message_over_several_lines_is_printed_on_one(capsys, monkeypatch):
     monkeypatch.setattr(cli_module, "_register_optional_commands", fails)
     code, err = run_cli(capsys, "--help")
     assert code == 1 and err == "streamanon: error: first part second part"
+
+
+def test_verbose_says_what_goes_in_what_comes_out_and_when_faces_come_and_go(tmp_path):
+    from streamanon.bench.scenes import trim_clip
+
+    clip, _ = trim_clip(shared_path("videos/talking_512_katiehill.mp4"), 6, tmp_path / "six.mp4")
+    done = subprocess.run([sys.executable, "-m", "streamanon", "-v", "file", str(clip), str(tmp_path / "out.ts")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for expected in (
+        "faces replaced by blur on cpu; detection: threshold 0.4",
+        "six.mp4: 512x512 h264 video, 25 fps, 6 frames, rotation 0; other streams: none",
+        "out.ts: encoding libx264 yuv420p (bf=0, crf=18, preset=veryfast); 0 other stream(s) copied",
+        "track 1 started at 0.00 s",
+    ):
+        assert expected in done.stderr, (expected, done.stderr)

@@ -22,6 +22,7 @@ displacement is bounded (``v * VELOCITY_DECAY_S``) and a lost track cannot fly a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from ..errors import UserError
 from ..types import Detections, TrackedFace
 from .detect import keypoint_roll
 from .smooth import Smoother, make_filter
+
+log = logging.getLogger(__name__)
 
 #: Raw detections kept per track for the velocity fit.
 HISTORY: int = 6
@@ -223,11 +226,16 @@ class FaceTracker:
                 track.missed += 1
                 # A tentative track that is missed at once was most likely a false detection.
                 if track.missed > self.track_cfg.max_missed or track.hits < self.track_cfg.min_hits:
+                    log.info("track %d ended at %.2f s: not seen for %d frames (%d detections)",
+                             track.track_id, t, track.missed, track.hits)  # fmt: skip
                     continue
             survivors.append(track)
         for di in unmatched_dets:
             track = self._new_track()
             track.observe(detections.boxes[di], float(detections.scores[di]), t)
+            x1, y1, x2, y2 = detections.boxes[di]
+            log.info("track %d started at %.2f s: %.0fx%.0f px face at (%.0f, %.0f), score %.2f",
+                     track.track_id, t, x2 - x1, y2 - y1, x1, y1, detections.scores[di])  # fmt: skip
             track.roll = float(rolls[di]) if np.isfinite(rolls[di]) else 0.0
             detection_of[id(track)] = di
             survivors.append(track)

@@ -630,7 +630,8 @@ class VideoWriter:
         for name in ("colorspace", "color_range", "color_primaries", "color_trc"):
             with contextlib.suppress(AttributeError, ValueError, TypeError):
                 setattr(ctx, name, getattr(src, name))
-        ctx.options = self._encoder_options(ctx)
+        self.encoder_options = self._encoder_options(ctx)  # what was asked of the encoder (for -v)
+        ctx.options = dict(self.encoder_options)
         try:
             ctx.open()
         except (av.FFmpegError, ValueError) as exc:
@@ -731,6 +732,11 @@ class VideoWriter:
     @property
     def frames_written(self) -> int:
         return self._frames
+
+    @property
+    def video_stream(self) -> av.VideoStream:
+        """The encoded (anonymized) video stream of the output."""
+        return self._out_streams[self._template.stream.index]
 
     @property
     def copied_streams(self) -> int:
@@ -872,6 +878,11 @@ def transcode(
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(VideoReader(src))
         writer = stack.enter_context(VideoWriter(dst, reader, encode, drop_unsupported))
+        video = writer.video_stream.codec_context
+        log.info("%s: encoding %s %s (%s); %d other stream(s) copied bit-exact%s", dst, video.name, writer.pix_fmt,
+                 ", ".join(f"{k}={v}" for k, v in writer.encoder_options.items()) or "encoder defaults",
+                 writer.copied_streams, f", left out: {', '.join(writer.dropped_streams)}"
+                 if writer.dropped_streams else "")  # fmt: skip
         # Decoding and encoding run on their own threads, overlapping with ``process``. Exit
         # order: the write thread finishes before the writer flushes; the read thread stops
         # before the reader closes.
