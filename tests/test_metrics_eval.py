@@ -194,7 +194,7 @@ def test_eval_command_with_baseline(original, workdir, tmp_path):
     html = html_path.read_text()
     assert "<svg" in html and "data:image/jpeg;base64," in html
     bad = CliRunner().invoke(eval_command, [str(original), str(original), "--baselines", "sepia"])
-    assert isinstance(bad.exception, UserError) and "unknown baseline" in str(bad.exception)
+    assert bad.exit_code == 2 and "unknown baseline 'sepia'" in bad.output  # a usage error, as the README says
 
 
 def test_fid_is_computed_when_weights_are_given(original, models, tmp_path):
@@ -265,6 +265,12 @@ def test_eval_output_paths_are_checked_before_evaluating(tmp_path, capsys):
     assert code == 2 and "is a directory" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "locked") == ["anonymized.mkv", "original.mkv"]
     assert original.read_bytes() == b"not a video"
+    # A video against an image: said as such, not as an image that cannot be decoded.
+    photo = tmp_path / "anonymized.png"
+    photo.write_bytes(b"")
+    code = main(["eval", str(original), str(photo), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "anonymized.png is an image and original.mkv is not" in err, err
 
 
 def test_eval_outputs_are_written_atomically(tmp_path):

@@ -22,6 +22,7 @@ JSON report (``schema: "streamanon.bench.stages/1"``); times are seconds::
     load_average {start: [1, 5, 15 min]|null, end: ...}
     settings {BenchSettings fields}, pipeline_config {AnonymizerConfig as a dict}
     generator null | {status: trained|untrained|unavailable, label, weights, backend, detail}
+    pipelines? {mode: what replaced the faces (Anonymizer.backend_name)}
     scenarios [{
         name, source: clip|synthetic, mode, width, height, face_size_px?, face_crops?,
         status: ok|unavailable, label ("" or the untrained / unavailable text), note,

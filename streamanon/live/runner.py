@@ -250,7 +250,7 @@ class StreamRunner:
     def _progress_line(self, elapsed: float, fps: float) -> str:
         s = self.summary
         return (
-            f"{elapsed:.0f} s: {s.frames_in} frames in, {s.frames_out} out, "
+            f"{elapsed:.{0 if self.options.report_every >= 1 else 1}f} s: {s.frames_in} frames in, {s.frames_out} out, "
             f"{self._inbox.dropped + self._outbox.dropped} dropped, {s.late} late, {s.failed} failed, "
             f"{_plural(s.reconnects, 'reconnect')}; "
             f"last {self.options.report_every:g} s: {self.latency.window().line()}, {fps:.1f} fps"

@@ -20,8 +20,9 @@ def _parse_baselines(value: str | None) -> list[str]:
         return []
     modes = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in modes if m not in BASELINE_MODES]
-    if unknown:
-        raise UserError(f"unknown baseline '{unknown[0]}' (choose from {', '.join(BASELINE_MODES)})")
+    if unknown:  # a command-line value: a usage error (exit 2), as for any other bad option
+        raise click.BadParameter(f"unknown baseline '{unknown[0]}' (choose from {', '.join(BASELINE_MODES)})",
+                                 param_hint="'--baselines'")  # fmt: skip
     return list(dict.fromkeys(modes))  # keep order, drop repeats
 
 
@@ -54,7 +55,8 @@ def run_baseline(original: Path, mode: str, workdir: Path, rotations: tuple[int,
 @click.option("--baselines", default=None,
               help="Comma-separated modes to run on ORIGINAL and add as rows, e.g. blur,pixelate.")  # fmt: skip
 @click.option("--max-frames", type=click.IntRange(1, None), default=None, help="Evaluate only the first N frames.")
-@click.option("--threshold", type=click.FloatRange(0.01, 0.99), default=0.4, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.4,
+              show_default=True,
               help="CenterFace score threshold for faces of the original.")
 @click.option("--detect-rotations", default=None, metavar="ANGLES", callback=parse_rotations,
               help="Also search the original's frames turned by these angles (0,90,180,270 or 'all'), as "

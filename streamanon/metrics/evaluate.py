@@ -114,7 +114,11 @@ def iter_pairs(original: str | os.PathLike, anonymized: str | os.PathLike, max_f
         raise UserError("--sequence compares two folders of video frames")
     from ..io.images import is_image_path, read_image
 
-    if is_image_path(original) or is_image_path(anonymized):
+    if is_image_path(original) != is_image_path(anonymized):
+        image, other = (original, anonymized) if is_image_path(original) else (anonymized, original)
+        raise UserError(f"{image.name} is an image and {other.name} is not: compare an image with an image, "
+                        "or a video with a video")  # fmt: skip
+    if is_image_path(original):
         pair = FramePair(0, 0.0, read_image(original), read_image(anonymized), original.name)
         _check_same_size(pair)
         return "images", iter([pair])

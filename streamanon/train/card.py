@@ -97,7 +97,7 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
     lines = [
         f"# {weights.name}: appearance generator ({fit['components']} components, {fit['data']['resolution']} px)",
         "",
-        "The default generator of `--mode generate`: a Gaussian model of shape-free face textures whose "
+        "An appearance generator for `--mode generate`: a Gaussian model of shape-free face textures whose "
         "coefficients follow the target landmarks (ridge regression) plus an identity drawn from the track's "
         "latent, rendered onto the landmarks with a thin-plate spline (`streamanon/generate/appearance.py`). "
         "It draws new faces, not stored ones"
@@ -176,8 +176,8 @@ def model_card(weights: Path, clip_evaluations: list[dict], hardware: str) -> st
         f"in dlib space ({100 * val['diversity_same_person_rate']:.1f} % would pass as one person).",
         "",
         "The blurred faces are also what lowers the shown row's detection rate and raises its "
-        "landmark error; note that dlib's HOG detector finds only "
-        f"{100 * val['original']['detection_rate']:.1f} % of the original crops (128 px, many tight).",
+        f"landmark error; dlib's HOG detector finds {100 * val['original']['detection_rate']:.1f} % of the "
+        "original crops (128 px, many tight): the ceiling of the detection figures.",
         "",
         "Against the acceptance bounds (shown row): re-identification "
         f"{100 * reid:.1f} % (the larger of the two estimates; {_verdict('reid_rate', reid)}), detection "
