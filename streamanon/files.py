@@ -198,11 +198,23 @@ class _FolderJob:
         return target
 
     @staticmethod
-    def _make_folder(target: Path) -> None:
+    def _make_folder(target: Path) -> list[Path]:
+        """Create ``target``'s folder; returns the folders that had to be made, deepest first."""
+        made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create folder {target.parent}: {exc.strerror or exc}") from None
+        return made
+
+    @staticmethod
+    def _remove_if_empty(folders: list[Path]) -> None:
+        """Take back folders made for an output that never came (failed or interrupted)."""
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (another output is in it) or gone: leave the rest too
 
     def _fail(self, path: Path, exc: UserError, bar) -> None:
         # One broken or unreadable file must not cost the rest of the folder: say so, go on.
@@ -236,8 +248,12 @@ class _FolderJob:
                         # go on through it (and hide the next frames' faces as they would have).
                         image, stats = self.anonymizer.process_frame(frame)
                         if target is not None:
-                            self._make_folder(target)
-                            write_image(target, image)  # atomic: a failure leaves nothing at target
+                            made = self._make_folder(target)
+                            try:
+                                write_image(target, image)  # atomic: a failure leaves nothing at target
+                            except BaseException:
+                                self._remove_if_empty(made)
+                                raise
                     except UserError as exc:
                         # (In a sequence its time still passes: the faces known of coast over the gap.)
                         self._fail(path, exc, bar)
@@ -252,11 +268,12 @@ class _FolderJob:
     def _video(self, relative: Path, path: Path) -> None:
         from .io.paths import check_paths
 
+        made: list[Path] = []
         try:
             target = self._target(relative)
             if target is None:
                 return
-            self._make_folder(target)
+            made = self._make_folder(target)
             check_paths(path, target, overwrite=True)  # _target dealt with an existing output
             self.anonymizer.reset()  # each video is its own clip: tracks and identities start anew
             self.segment += 1
@@ -266,8 +283,12 @@ class _FolderJob:
                              label=str(relative))  # fmt: skip
             part.seconds = time.perf_counter() - started
         except UserError as exc:
+            self._remove_if_empty(made)
             self._fail(path, exc, None)
             return
+        except BaseException:  # Ctrl-C, SIGTERM: the output was removed, and so is its new folder
+            self._remove_if_empty(made)
+            raise
         self.summary.absorb(part, self.segment)
         self.summary.videos += 1
         if self.report is not None:

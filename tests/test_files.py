@@ -161,3 +161,15 @@ def test_an_output_folder_that_holds_the_input_folder_is_refused(clips, tmp_path
     assert main(["file", str(src), str(tmp_path), "--overwrite"]) == 1
     assert "must not hold the input folder" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in src.rglob("*.png")} == before
+
+
+def test_a_video_that_fails_leaves_no_empty_folder_behind(clips, tmp_path):
+    """The output's folder is made for it, and taken back when the video fails (or is interrupted)."""
+    src, dst = tmp_path / "src", tmp_path / "out"
+    (src / "good").mkdir(parents=True)
+    (src / "bad" / "deeper").mkdir(parents=True)
+    (src / "good" / "a.mp4").write_bytes(clips[0].read_bytes())
+    (src / "bad" / "deeper" / "b.mp4").write_bytes(b"not a video")
+    with pytest.raises(UserError, match="1 of 2 videos failed"):
+        anonymize_file(src, dst)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["good", "good/a.mp4"]
