@@ -161,6 +161,11 @@ def pipeline_options(command):
     return command
 
 
+# Options that only generate mode reads.
+GENERATE_ONLY_OPTIONS = ("weights", "seed", "guard_candidates", "landmarks_backend", "no_relight", "no_laplacian",
+                         "no_color_transfer", "no_match_noise")  # fmt: skip
+
+
 def config_from_options(opts: dict):
     """Build the AnonymizerConfig from the shared pipeline options."""
     overrides = {
@@ -189,7 +194,13 @@ def config_from_options(opts: dict):
     ):
         if opts.get(flag):
             overrides[key] = False
-    return load_config(opts.get("config_path"), overrides)
+    config = load_config(opts.get("config_path"), overrides)
+    if config.mode != "generate":
+        given = [f"--{name.replace('_', '-')}" for name in GENERATE_ONLY_OPTIONS if opts.get(name) not in (None, False)]
+        if given:  # taken, but nothing uses them: say so rather than let them look applied
+            logging.getLogger(__name__).warning("%s: used in generate mode only; this run hides faces by %s",
+                                                ", ".join(given), config.mode)  # fmt: skip
+    return config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

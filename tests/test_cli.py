@@ -135,3 +135,14 @@ def test_verbose_says_what_goes_in_what_comes_out_and_when_faces_come_and_go(tmp
         "track 1 started at 0.00 s",
     ):
         assert expected in done.stderr, (expected, done.stderr)
+
+
+def test_generate_only_options_in_another_mode_are_named_not_silently_ignored(tmp_path, caplog):
+    from streamanon.bench.scenes import trim_clip
+
+    clip, _ = trim_clip(shared_path("videos/talking_512_katiehill.mp4"), 2, tmp_path / "two.mp4")
+    assert main(["file", str(clip), str(tmp_path / "out.mp4"), "-q", "--seed", "3", "--no-relight"]) == 0
+    assert "--seed, --no-relight: used in generate mode only; this run hides faces by blur" in caplog.text
+    caplog.clear()
+    assert main(["file", str(clip), str(tmp_path / "out2.mp4"), "-q", "--mode", "pixelate"]) == 0
+    assert "generate mode only" not in caplog.text
