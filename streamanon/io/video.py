@@ -88,6 +88,8 @@ __all__ = [
 os.environ.setdefault("SVT_LOG", "1")
 _DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
 _COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full range
+_Interpolation = av.video.reformatter.Interpolation
+_RGB_CONVERSION = _Interpolation.BILINEAR | _Interpolation.ACCURATE_RND | _Interpolation.FULL_CHR_H_INT
 # Containers that store each frame's presentation time apart from its decode time (or an edit list
 # for the reorder delay): encoders may use B-frames there and every source timestamp survives.
 _REORDERING_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".mkv", ".webm"})
@@ -315,21 +317,18 @@ class VideoReader:
 
     # -- decoding -------------------------------------------------------------------
     def _frame(self, decoded: av.VideoFrame, index: int, pts: int | None = None) -> Frame:
-        options: dict = {"format": "rgb24"}
         if not all(self._size):  # a container that leaves the size to the first frame
             self._size = (decoded.width, decoded.height)
+        size = None
         if (decoded.width, decoded.height) != self._size:
             # A size change mid-stream (a camera switching resolution, clips joined): scaled to the
             # size the stream started with, as ffmpeg does, since the output has one size.
-            options["width"], options["height"] = self._size
+            size = self._size
             if (decoded.width, decoded.height) not in self._resized_from:
                 self._resized_from.add((decoded.width, decoded.height))
                 log.warning("%s: frame %d is %dx%d, the video started at %dx%d; scaled to that size", self.path,
                             index, decoded.width, decoded.height, *self._size)  # fmt: skip
-        if decoded.color_range == _COLOR_RANGE_JPEG:
-            # swscale treats untagged YUV as limited range; full-range input must say so.
-            options["src_color_range"] = _COLOR_RANGE_JPEG
-        image = decoded.reformat(**options).to_ndarray()
+        image = decoded_to_rgb(decoded, size)
         if pts is None:
             pts = decoded.pts if decoded.pts is not None else decoded.dts
         return Frame(image=image, index=index, pts=pts, time_base=self.time_base)
@@ -448,6 +447,23 @@ class TranscodeResult:
     def fps(self) -> float:
         """Processing speed in frames per second."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def decoded_to_rgb(decoded: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as RGB ``uint8`` ``(H, W, 3)``, scaled to ``size`` (width, height) if given.
+
+    swscale's default YUV -> RGB rounds luma down: encoded again, a frame came out ~1.1 levels
+    darker, 5 levels after five passes. Accurate rounding with full chroma interpolation keeps luma
+    within 0.01 levels over any number of passes (chroma within 0.2-0.4), for ~3 ms more a 1080p
+    frame, on the decode thread.
+    """
+    options: dict = {"format": "rgb24", "interpolation": _RGB_CONVERSION, "threads": 0}
+    if size is not None:
+        options["width"], options["height"] = size
+    if decoded.color_range == _COLOR_RANGE_JPEG:
+        # swscale treats untagged YUV as limited range; full-range input must say so.
+        options["src_color_range"] = _COLOR_RANGE_JPEG
+    return decoded.reformat(**options).to_ndarray()
 
 
 def _video_encoder(name: str) -> av.Codec:

@@ -33,7 +33,7 @@ import av
 import numpy as np
 
 from ..errors import UserError
-from ..io.video import nearest_quarter_turn, rotate_tag_degrees, to_display
+from ..io.video import decoded_to_rgb, nearest_quarter_turn, rotate_tag_degrees, to_display
 from .raw import RAW_PIX_FMTS, check_raw_format, frame_bytes, raw_to_rgb
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ _SCHEME_OPTIONS: dict[str, dict[str, str]] = {
     "rtsp": {"rtsp_transport": "tcp"},
     "rtsps": {"rtsp_transport": "tcp"},
 }
-_COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full range (MJPEG cameras)
 
 
 class SourceError(Exception):
@@ -94,13 +93,6 @@ class Source(ABC):
 def _describe(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
     return " ".join(str(text).split())
-
-
-def _to_rgb(decoded: av.VideoFrame) -> np.ndarray:
-    options: dict = {"format": "rgb24"}
-    if decoded.color_range == _COLOR_RANGE_JPEG:
-        options["src_color_range"] = _COLOR_RANGE_JPEG  # swscale assumes limited range otherwise
-    return decoded.reformat(**options).to_ndarray()
 
 
 class AVSource(Source):
@@ -236,7 +228,7 @@ class AVSource(Source):
         if rotation != self.rotation:
             log.info("%s: frames are displayed rotated by %d degrees; turned upright", self.name, rotation)
             self.rotation = rotation
-        image = _to_rgb(frame)
+        image = decoded_to_rgb(frame)
         return to_display(image, rotation) if rotation else image
 
     def close(self) -> None:
