@@ -23,6 +23,10 @@ from streamanon.photometric import reference  # noqa: E402
 from streamanon.train.validate import FaceJudge  # noqa: E402
 
 FACE = "faces/utkface/25_0_0_20170102233320979.jpg"  # one face filling a 200x200 crop
+# The guard renders its candidates 8 at a time, the tests below render the chosen one alone: on some
+# CPUs (BLAS blocking depends on the batch size) the two renders differ by a level in a pixel or two,
+# which can move dlib's landmarks, and the distance, by ~0.002. Far inside the guard's margins.
+RENDER_TOLERANCE = 0.005
 HELEN = "landmarks68/helen_test/296814969_3"  # image + ground-truth 68 points
 
 
@@ -96,7 +100,8 @@ def test_own_landmarks_guard_measures_what_the_judge_measures(runtime, face, jud
     assert choice.safe and choice.tried == BATCH
     shown = ways[choice.postprocess](runtime([face], latents=choice.latent[None]), face.image[None], face.mask[None])
     original = judge.embedder.embed(face.image, face.landmarks)
-    assert judge.judge(shown[0], face.landmarks, original).distance == pytest.approx(choice.distance, abs=1e-4)
+    assert judge.judge(shown[0], face.landmarks, original).distance == pytest.approx(choice.distance,
+                                                                                     abs=RENDER_TOLERANCE)
 
 
 def test_both_landmark_sets_count_the_smaller_distance(runtime, face, judge, ways):
@@ -136,7 +141,7 @@ def test_a_recheck_measures_the_shown_face_as_the_choice_did_in_one_embedder_run
 
     guard.embedder = CountingEmbedder()
     distance = guard.recheck_distance(face, choice, crop_view(face))
-    assert distance == pytest.approx(choice.distance, abs=1e-4)
+    assert distance == pytest.approx(choice.distance, abs=RENDER_TOLERANCE)
     # The original and the shown face (at one or both landmark sets) in a single batch.
     assert runs == [2 if mode != "both" else 3]
     assert guard.still_unlike(face, choice)
