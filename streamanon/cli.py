@@ -239,9 +239,16 @@ def cli(verbose: bool) -> None:
     type=click.FloatRange(0.1, 1000.0),
     help="With --sequence: the frames' rate, for tracking and smoothing [30].",
 )
+@click.option(
+    "--faces-log",
+    type=click.Path(path_type=Path),
+    help="Also write what was hidden where, frame by frame, to this JSON Lines file (boxes, tracks, how; "
+    "generate mode: the landmarks each new face was given).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 def file_command(src: Path, dst: Path, overwrite: bool, skip_existing: bool, drop_unsupported: bool,
-                 sequence: bool, sequence_fps: float | None, quiet: bool, **opts) -> None:  # fmt: skip
+                 sequence: bool, sequence_fps: float | None, faces_log: Path | None, quiet: bool,
+                 **opts) -> None:  # fmt: skip
     """Anonymize a video, an image, or a folder of images and videos SRC into DST.
 
     Videos keep their frame count, timestamps, rotation and audio (copied bit-exact). A folder's
@@ -262,6 +269,7 @@ def file_command(src: Path, dst: Path, overwrite: bool, skip_existing: bool, dro
             progress=not quiet and sys.stderr.isatty(), drop_unsupported=drop_unsupported,
             sequence_fps=(sequence_fps or SEQUENCE_FPS) if sequence else None,
             report=None if quiet else lambda line: click.echo(f"streamanon: {line}", err=True),
+            faces_log=faces_log,
         )
     if not quiet:
         click.echo(f"streamanon: {summary.line()}", err=True)

@@ -7,6 +7,7 @@ atomic outputs, progress bars and the run's summary. The stages themselves live 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -19,6 +20,7 @@ from typing import Callable
 
 from .config import AnonymizerConfig
 from .errors import UserError
+from .facelog import FacesLog
 from .pipeline import Anonymizer
 from .types import Frame, FrameStats
 
@@ -86,6 +88,7 @@ def anonymize_file(
     drop_unsupported: bool = False,
     sequence_fps: float | None = None,
     report: Callable[[str], None] | None = None,
+    faces_log: str | Path | None = None,
 ) -> RunSummary:
     """Anonymize a video file, an image file, or a folder of images and videos into ``dst``.
 
@@ -99,7 +102,8 @@ def anonymize_file(
     failing. ``sequence_fps`` (folders only): the images of each folder are consecutive frames of
     one camera at this rate, in natural name order, tracked across (see :func:`image_sequences`);
     None: unrelated photos, each on its own. ``report``: called with one line per finished video of
-    a folder.
+    a folder. ``faces_log``: write what was hidden where, frame by frame, to this JSON Lines file
+    (:mod:`streamanon.facelog`).
     """
     from .io.images import is_image_path
     from .io.paths import check_paths
@@ -116,22 +120,44 @@ def anonymize_file(
         check_paths(src, dst, overwrite=True)  # every other check still applies
         return RunSummary(output=dst, skipped=1)
     check_paths(src, dst, overwrite, skip_existing)
+    if faces_log is not None:
+        _check_faces_log(Path(faces_log), src, dst, overwrite)
     anonymizer = Anonymizer(config)
     summary = RunSummary(output=dst, backend=anonymizer.backend_name)
     started = time.perf_counter()
-    if src.is_dir():
-        job = _FolderJob(anonymizer, dst, summary, progress, overwrite, skip_existing, drop_unsupported, report)
-        job.run(src, sequence_fps)
-    elif is_image_path(src):
-        from .io.images import read_image, write_image
+    failure: UserError | None = None
+    with FacesLog(faces_log) if faces_log is not None else contextlib.nullcontext() as faces:
+        if src.is_dir():
+            job = _FolderJob(anonymizer, dst, summary, progress, overwrite, skip_existing, drop_unsupported, report,
+                             faces)  # fmt: skip
+            failure = job.run(src, sequence_fps)  # the log keeps the files done when others failed
+        elif is_image_path(src):
+            from .io.images import read_image, write_image
 
-        image, stats = anonymizer.process_frame(Frame(read_image(src), 0))
-        write_image(dst, image)
-        summary.add(stats)
-    else:
-        _anonymize_video(anonymizer, src, dst, summary, progress, overwrite, drop_unsupported)
+            image, stats = anonymizer.process_frame(Frame(read_image(src), 0))
+            write_image(dst, image)
+            summary.add(stats)
+            if faces is not None:
+                faces.write(src.name, 0, None, stats)
+        else:
+            _anonymize_video(anonymizer, src, dst, summary, progress, overwrite, drop_unsupported, faces=faces)
+    if failure is not None:
+        raise failure
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_faces_log(path: Path, src: Path, dst: Path, overwrite: bool) -> None:
+    """One line before any work if the faces log cannot be written where asked."""
+    from .io.paths import check_parent_writable, same_file
+
+    if same_file(path, src) or same_file(path, dst) or (src.is_dir() and src.resolve() in path.resolve().parents):
+        raise UserError(f"the faces log must be a file of its own, outside the input: {path}")
+    if path.is_dir():
+        raise UserError(f"the faces log is a file, not a folder: {path}")
+    if path.exists() and not overwrite:
+        raise UserError(f"faces log exists: {path} (use --overwrite, or another name for a resumed run's log)")
+    check_parent_writable(path)
 
 
 @dataclass
@@ -146,10 +172,12 @@ class _FolderJob:
     skip_existing: bool
     drop_unsupported: bool
     report: Callable[[str], None] | None
+    faces: FacesLog | None = None
     failed: list[Path] = field(default_factory=list)
     segment: int = -1  # counts tracker runs: track ids start at 1 again in each
 
-    def run(self, src: Path, sequence_fps: float | None) -> None:
+    def run(self, src: Path, sequence_fps: float | None) -> UserError | None:
+        """Do the folder; returns the error that names the files that failed, if any did."""
         from .io.images import image_sequences, iter_image_folder
         from .io.paths import iter_video_folder
 
@@ -171,10 +199,11 @@ class _FolderJob:
             kind = "files" if runs and videos else "videos" if videos else "images"
             done = files - len(self.failed) - self.summary.skipped
             kept = f", {self.summary.skipped} there before left as they were" if self.summary.skipped else ""
-            raise UserError(
+            return UserError(
                 f"{len(self.failed)} of {files} {kind} failed (each named above), {done} anonymized into "
                 f"{self.dst}{kept}"
             )
+        return None
 
     def _note_left_out(self, src: Path) -> None:
         """Say which files were not taken (an animated GIF, say, is not done here: only alone, into a video)."""
@@ -260,6 +289,8 @@ class _FolderJob:
                     else:
                         if target is not None:
                             self.summary.add(stats, self.segment)
+                            if self.faces is not None:
+                                self.faces.write(relative.as_posix(), index, frame.time, stats)
                     finally:
                         _advance(bar, self.summary)
         finally:
@@ -269,6 +300,7 @@ class _FolderJob:
         from .io.paths import check_paths
 
         made: list[Path] = []
+        mark = self.faces.mark() if self.faces is not None else None
         try:
             target = self._target(relative)
             if target is None:
@@ -280,10 +312,12 @@ class _FolderJob:
             part = RunSummary(output=target, backend=self.summary.backend)
             started = time.perf_counter()
             _anonymize_video(self.anonymizer, path, target, part, self.progress, True, self.drop_unsupported,
-                             label=str(relative))  # fmt: skip
+                             label=str(relative), faces=self.faces, source=relative.as_posix())  # fmt: skip
             part.seconds = time.perf_counter() - started
         except UserError as exc:
             self._remove_if_empty(made)
+            if mark is not None:
+                self.faces.rewind(mark)  # no output, so no record of it
             self._fail(path, exc, None)
             return
         except BaseException:  # Ctrl-C, SIGTERM: the output was removed, and so is its new folder
@@ -305,7 +339,7 @@ def _report_skipped(bar, line: str) -> None:
 
 def _anonymize_video(
     anonymizer: Anonymizer, src: Path, dst: Path, summary: RunSummary, progress: bool, overwrite: bool,
-    drop_unsupported: bool, label: str = "anonymizing",
+    drop_unsupported: bool, label: str = "anonymizing", faces: FacesLog | None = None, source: str | None = None,
 ) -> None:
     from .io.video import ProcessedFrame, VideoReader, from_display, to_display, transcode
 
@@ -323,6 +357,8 @@ def _anonymize_video(
         if rotation:
             frame = dataclasses.replace(frame, image=to_display(frame.image, rotation))
         image, stats = anonymizer.process_frame(frame)
+        if faces is not None:  # in the upright frame's pixels, as a player shows it
+            faces.write(source or src.name, frame.index, frame.time, stats)
         if rotation:
             image = from_display(image, rotation)
         return ProcessedFrame(image, stats)

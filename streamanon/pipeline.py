@@ -21,7 +21,7 @@ from .faces.roll import TURNS, RollChecker
 from .faces.track import FaceTracker
 from .replace import hide_face
 from .timing import NULL_TIMER, StageClock
-from .types import AlignedFace, Detections, Frame, FrameStats, TrackedFace
+from .types import AlignedFace, Detections, Frame, FrameStats, HiddenFace, TrackedFace
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only in generate mode
     from .generate.guard import IdentityGuard, View
@@ -204,6 +204,7 @@ class Anonymizer:
         stats.coasting = stats.faces - stats.detected
 
         to_hide: list[TrackedFace] = list(tracks)
+        generated: dict[int, np.ndarray] = {}
         if self._generate:
             detected = [tr for tr in tracks if tr.detected]
             generated = self._generate_faces(image, out, detected, t, frame.index, timer, frame_tensor)
@@ -212,6 +213,13 @@ class Anonymizer:
             stats.fallback = sum(tr.detected for tr in to_hide)
         # Fail closed: every known face that was not generated this frame is hidden by the baseline.
         fallback_mode = "blur" if self._generate else self.config.mode
+        stats.hidden = [
+            HiddenFace(tr.track_id, tr.cover_box.astype(np.float32), tr.detected,
+                       "generated" if tr.track_id in generated else fallback_mode,
+                       fallback=self._generate and tr.track_id not in generated,
+                       landmarks=generated.get(tr.track_id))
+            for tr in tracks
+        ]  # fmt: skip
         if to_hide:
             with timer.stage("hide"):
                 for track in to_hide:
@@ -263,12 +271,13 @@ class Anonymizer:
     def _generate_faces(
         self, image: np.ndarray, out: np.ndarray, tracks: list[TrackedFace], t: float, frame_index: int,
         timer: StageClock = NULL_TIMER, frame_tensor=None,
-    ) -> set[int]:
-        """Replace detected faces by generated ones in ``out``; return the track ids done.
+    ) -> dict[int, np.ndarray]:
+        """Replace detected faces by generated ones in ``out``; return the track ids done, each with
+        the (68, 2) landmarks its new face was given (frame pixels).
         ``frame_index`` seeds the pasted faces' matched noise; ``frame_tensor``: ``image`` on the
         detector's device, which the device paste may reuse."""
         if not tracks:
-            return set()
+            return {}
         from .faces.landmarks import landmarks_fit_boxes
 
         try:
@@ -291,7 +300,7 @@ class Anonymizer:
                     log.debug("landmarks of %d face(s) miss their boxes; hiding them", int((~fits).sum()))
                     tracks, points = [tr for tr, ok in zip(tracks, fits) if ok], points[fits]
                     if not tracks:
-                        return set()
+                        return {}
             with timer.stage("track"):  # landmark smoothing is part of tracking
                 smoothed = [self.tracker.set_landmarks(tr.track_id, pts, t) for tr, pts in zip(tracks, points)]
             with timer.stage("align"):
@@ -299,12 +308,13 @@ class Anonymizer:
             with timer.stage("guard"):
                 aligned, latents, ways = self._identities_for(image, aligned, t, frame_index)
             if not aligned:
-                return set()
+                return {}
             self.compositor(image, out, aligned, latents, ways, timer, frame=frame_tensor, frame_index=frame_index)
         except Exception:  # noqa: BLE001 - any failure here falls back to blur for these faces
             log.exception("generation failed for %d face(s); blurring them", len(tracks))
-            return set()
-        return {face.track_id for face in aligned}
+            return {}
+        landmarks_of = {tr.track_id: pts for tr, pts in zip(tracks, smoothed)}
+        return {face.track_id: np.asarray(landmarks_of[face.track_id], np.float32) for face in aligned}
 
     def _align(self, image: np.ndarray, landmarks: list[np.ndarray], track_ids: list[int], frame) -> list[AlignedFace]:
         """The faces' aligned crops, sampled on ``frame`` (the frame on a GPU) when given. If that

@@ -136,9 +136,21 @@ class AlignedFace:
         return int(self.image.shape[0])
 
 
+@dataclass(frozen=True)
+class HiddenFace:
+    """One face hidden in a frame: where, how, and (generated faces) the landmarks it was given."""
+
+    track_id: int
+    box: np.ndarray  # (4,) float32 x1 y1 x2 y2 in frame pixels: the region replaced (before ``margin``)
+    detected: bool  # False while the track coasts over a missed detection (hidden on its prediction)
+    how: str  # "generated", or the mode that hid it: "blur", "pixelate", "solid"
+    fallback: bool = False  # generate mode could not generate it this frame (fail-closed blur)
+    landmarks: np.ndarray | None = None  # (68, 2) frame pixels, the expression the generated face keeps
+
+
 @dataclass
 class FrameStats:
-    """What the pipeline did to one frame (for progress display and summaries)."""
+    """What the pipeline did to one frame (for progress display, summaries and the faces log)."""
 
     faces: int = 0  # faces hidden in this frame (detected + coasting)
     detected: int = 0
@@ -146,3 +158,4 @@ class FrameStats:
     generated: int = 0
     fallback: int = 0  # faces that fell back to blur (fail-closed)
     track_ids: list[int] = field(default_factory=list)
+    hidden: list[HiddenFace] = field(default_factory=list)  # one per face, in ``track_ids`` order
