@@ -196,7 +196,8 @@ def config_from_options(opts: dict):
             overrides[key] = False
     config = load_config(opts.get("config_path"), overrides)
     if config.mode != "generate":
-        given = [f"--{name.replace('_', '-')}" for name in GENERATE_ONLY_OPTIONS if opts.get(name) not in (None, False)]
+        given = [f"--{name.replace('_', '-')}" for name in GENERATE_ONLY_OPTIONS
+                 if opts.get(name) is not None and opts.get(name) is not False]  # --seed 0 is given too
         if given:  # taken, but nothing uses them: say so rather than let them look applied
             logging.getLogger(__name__).warning("%s: used in generate mode only; this run hides faces by %s",
                                                 ", ".join(given), config.mode)  # fmt: skip

@@ -416,7 +416,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         if "mode" in table:
             replace_table = table.setdefault("replace", {})
-            if isinstance(replace_table, dict) and "mode" in replace_table:
+            if not isinstance(replace_table, dict):
+                raise UserError(f"config file {path}: 'replace' must be a table ([replace]), got {replace_table!r}")
+            if "mode" in replace_table:
                 raise UserError(
                     f"config file {path} sets the mode twice (mode = {table['mode']!r} and [replace] mode = "
                     f"{replace_table['mode']!r}): keep one"

@@ -216,11 +216,11 @@ class _FolderJob:
             self.report(f"left out {len(left)} file(s) that are neither images nor videos by extension: {names}")
 
     def _target(self, relative: Path) -> Path | None:
-        """Where ``relative`` goes; None when it exists and is to be left alone."""
+        """Where ``relative`` goes; None when it exists and is to be left alone (the caller counts it
+        as skipped once it is: a frame of a sequence is still read, and may fail)."""
         target = self.dst / relative
         if target.exists() or target.is_symlink():
             if self.skip_existing:
-                self.summary.skipped += 1
                 return None
             if not self.overwrite:
                 raise UserError(f"output exists: {target} (use --overwrite to replace it)")
@@ -264,6 +264,7 @@ class _FolderJob:
                     try:
                         target = self._target(relative)
                         if target is None and time_base is None:
+                            self.summary.skipped += 1
                             continue  # a photo done before: nothing depends on it
                         frame = Frame(read_image(path), index, index, time_base)
                         if size is not None and frame.image.shape != size:
@@ -287,7 +288,9 @@ class _FolderJob:
                         # (In a sequence its time still passes: the faces known of coast over the gap.)
                         self._fail(path, exc, bar)
                     else:
-                        if target is not None:
+                        if target is None:
+                            self.summary.skipped += 1
+                        else:
                             self.summary.add(stats, self.segment)
                             if self.faces is not None:
                                 self.faces.write(relative.as_posix(), index, frame.time, stats)
@@ -304,6 +307,7 @@ class _FolderJob:
         try:
             target = self._target(relative)
             if target is None:
+                self.summary.skipped += 1
                 return
             made = self._make_folder(target)
             check_paths(path, target, overwrite=True)  # _target dealt with an existing output

@@ -144,5 +144,8 @@ def test_generate_only_options_in_another_mode_are_named_not_silently_ignored(tm
     assert main(["file", str(clip), str(tmp_path / "out.mp4"), "-q", "--seed", "3", "--no-relight"]) == 0
     assert "--seed, --no-relight: used in generate mode only; this run hides faces by blur" in caplog.text
     caplog.clear()
+    assert main(["file", str(clip), str(tmp_path / "out1.mp4"), "-q", "--seed", "0", "--guard-candidates", "0"]) == 0
+    assert "--seed, --guard-candidates: used in generate mode only" in caplog.text  # zero is a value too
+    caplog.clear()
     assert main(["file", str(clip), str(tmp_path / "out2.mp4"), "-q", "--mode", "pixelate"]) == 0
     assert "generate mode only" not in caplog.text

@@ -104,6 +104,9 @@ def test_the_mode_set_twice_in_a_file_is_refused_not_quietly_resolved(tmp_path):
     settings.write_text('mode = "blur"\n[replace]\nmode = "pixelate"\n')
     with pytest.raises(UserError, match="sets the mode twice"):
         load_config(settings)
+    settings.write_text('mode = "blur"\nreplace = 3\n')
+    with pytest.raises(UserError, match="'replace' must be a table"):
+        load_config(settings)
     settings.write_text('mode = "pixelate"\n[replace]\nmargin = 0.3\n')  # the shorthand beside other keys
     config = load_config(settings)
     assert (config.replace.mode, config.replace.margin) == ("pixelate", 0.3)

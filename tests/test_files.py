@@ -173,3 +173,16 @@ def test_a_video_that_fails_leaves_no_empty_folder_behind(clips, tmp_path):
     with pytest.raises(UserError, match="1 of 2 videos failed"):
         anonymize_file(src, dst)
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["good", "good/a.mp4"]
+
+
+def test_a_resumed_sequence_counts_a_frame_that_fails_as_failed_not_also_as_skipped(clips, tmp_path):
+    src, dst = tmp_path / "frames", tmp_path / "out"
+    src.mkdir()
+    for i, image in enumerate(_frames(clips[0])[:3]):
+        write_image(src / f"{i}.png", image)
+    (src / "1.png").write_bytes(b"broken")  # its output is there from an earlier run, its input is not readable
+    dst.mkdir()
+    (dst / "1.png").write_bytes(b"done before")
+    with pytest.raises(UserError, match=r"1 of 3 images failed \(each named above\), 2 anonymized into"):
+        anonymize_file(src, dst, sequence_fps=25.0, skip_existing=True)
+    assert sorted(p.name for p in dst.iterdir()) == ["0.png", "1.png", "2.png"]

@@ -90,12 +90,17 @@ _DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
 _COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG: full range
 _Interpolation = av.video.reformatter.Interpolation
 _RGB_CONVERSION = _Interpolation.BILINEAR | _Interpolation.ACCURATE_RND | _Interpolation.FULL_CHR_H_INT
-# Containers that store each frame's presentation time apart from its decode time (or an edit list
-# for the reorder delay): encoders may use B-frames there and every source timestamp survives.
-_REORDERING_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".mkv", ".webm"})
+# Containers that store one time per packet and shift every timestamp by a B-frame's reorder delay
+# (or, MXF, stamp them out of order): encoded without B-frames, every source timestamp survives.
+# Not AVI and ASF: FFmpeg reads H.264 without B-frames from them one frame late, and with them the
+# reader restores the stored times (see VideoReader._timestamps_in_decode_order).
+_NO_B_FRAME_CONTAINERS = frozenset({".ts", ".mts", ".m2ts", ".flv", ".nut", ".mxf", ".mpg", ".mpeg"})
 _X26X_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )  # fmt: skip
+# The video encoder of containers that cannot hold the default H.264 (WebM: VP8/VP9/AV1 only; Ogg:
+# Theora/VP8, and this FFmpeg has no Theora).
+_CONTAINER_VIDEO_ENCODERS = {".webm": "libvpx-vp9", ".ogv": "libvpx"}
 # libvpx's cpu-used (0 slowest .. 8 fastest) for each x264 preset name.
 _VPX_CPU_USED = dict(zip(_X26X_PRESETS, (8, 7, 6, 5, 4, 3, 2, 1, 0, 0)))
 # Pixel formats tried, in order, when the requested one cannot hold an odd frame size.
@@ -417,7 +422,9 @@ class VideoReader:
         if index == 0:
             raise UserError(f"no video frame of {self.path} could be decoded")
         declared = self.frame_count
-        if declared is not None and index < declared:
+        if declared is not None and index < declared and self.decode_errors:
+            # Only with damaged packets: a healthy file may declare more frames than it shows (AVI
+            # counts the empty entries that fill gaps, MP4 edit lists cut frames from the start).
             log.warning("%s: %d of the %d frames the file declares could be decoded (it is damaged or cut "
                         "short); the output has those %d", self.path, index, declared, index)  # fmt: skip
 
@@ -627,12 +634,22 @@ class VideoWriter:
         width, height = template.width, template.height
         self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
         self._nominal_rate = template.fps or Fraction(25)
+        own = _CONTAINER_VIDEO_ENCODERS.get(self.path.suffix.lower())
+        if own is not None and encode.codec == EncodeConfig.codec and own in av.codecs_available:
+            # The default H.264 does not fit this container: its own codec, so a folder of mixed
+            # recordings needs no --codec per file.
+            log.warning("a %s file cannot hold H.264 video; encoding %s instead (--codec chooses)",
+                        self.path.suffix, own)  # fmt: skip
+            codec = _video_encoder(own)
+            self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
         try:
             stream = self._container.add_stream(codec.name, rate=self._nominal_rate)
         except ValueError as exc:
-            stream = self._container_codec_instead(codec, exc)
-            codec = stream.codec_context.codec
-            self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
+            # .mkv holds nearly every codec; suggesting .mp4 to someone already writing .mp4 helps no one.
+            raise UserError(
+                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); "
+                f"write a .mkv file or choose another --codec"
+            ) from None
         ctx = stream.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = width, height, self.pix_fmt
         # The source time base keeps every source pts representable (VFR survives).
@@ -670,40 +687,18 @@ class VideoWriter:
                     break
         return stream
 
-    def _container_codec_instead(self, codec: av.Codec, exc: ValueError) -> av.VideoStream:
-        """The container's own video codec when it cannot hold the default H.264 (WebM: VP9, Ogg: VP8),
-        so a folder of mixed recordings needs no --codec per file; a codec the user chose fails."""
-        fallback = self._container.default_video_codec
-        if self.encode.codec != EncodeConfig.codec or fallback in (None, "none"):
-            # .mkv holds nearly every codec; suggesting .mp4 to someone already writing .mp4 helps no one.
-            raise UserError(
-                f"a {self.path.suffix} file cannot hold {codec.name} video ({_describe(exc)}); "
-                f"write a .mkv file or choose another --codec"
-            ) from None
-        try:
-            stream = self._container.add_stream(fallback, rate=self._nominal_rate)
-        except ValueError as again:
-            raise UserError(
-                f"a {self.path.suffix} file cannot hold {codec.name} video, nor {fallback} here "
-                f"({_describe(again)}); write a .mkv file or choose another --codec"
-            ) from None
-        log.warning("a %s file cannot hold %s video; encoding %s (%s) instead (--codec chooses)",
-                    self.path.suffix, codec.name, stream.codec_context.name, fallback)  # fmt: skip
-        return stream
-
     def _encoder_options(self, ctx: av.CodecContext) -> dict[str, str]:
         private = {option.name for option in ctx.supported_options.private}
         options: dict[str, str] = {}
-        if self.path.suffix.lower() not in _REORDERING_CONTAINERS:
-            # No B-frames where the container cannot store when a reordered frame is shown: AVI and
-            # ASF would get frames stamped out of order, MPEG-TS, FLV, NUT and MXF every timestamp
-            # shifted by the reorder delay.
-            options["bf"] = "0"
+        if self.path.suffix.lower() in _NO_B_FRAME_CONTAINERS:
+            options["bf"] = "0"  # the container cannot store a reordered frame's time (see the set)
         default = EncodeConfig()
         if "crf" in private:
             options["crf"] = str(self.encode.crf)
-            if ctx.name.startswith("libvpx"):
+            if ctx.name == "libvpx-vp9":
                 options["b"] = "0"  # constant quality: libvpx caps the bitrate unless told not to
+            elif ctx.name == "libvpx":
+                options["b"] = "100M"  # VP8 has no pure constant quality: crf under a ceiling never met
         else:
             # A warning only for a crf the user chose: the default is not a promise.
             (log.info if self.encode.crf == default.crf else log.warning)(

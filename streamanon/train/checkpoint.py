@@ -88,6 +88,8 @@ def _load_failure(exc: Exception) -> str:
     """Why torch.load refused a file, in a few words. Not torch's own text: for a file that is no
     plain tensor pickle it is a paragraph advising ``weights_only=False``, which would run whatever
     code the pickle holds."""
+    if isinstance(exc, OSError):  # unreadable (permissions, I/O): say so, not "not a weights file"
+        return f"cannot read it: {exc.strerror or exc}"
     text = str(exc)
     if "Unsupported global" in text:
         return "it holds Python objects besides tensors, which are not loaded: that would run their code"
