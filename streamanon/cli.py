@@ -243,6 +243,7 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--faces-log",
     type=click.Path(path_type=Path),
+    metavar="FILE.jsonl",
     help="Also write what was hidden where, frame by frame, to this JSON Lines file (boxes, tracks, how; "
     "generate mode: the landmarks each new face was given).",
 )
