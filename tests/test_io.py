@@ -254,10 +254,7 @@ def test_reader_colours_match_ffmpeg(tmp_path, ffmpeg, pix_fmt):
     with VideoReader(src) as reader:
         ours = np.stack([f.image for f in reader])
     assert ours.shape == reference.shape
-    # Levels as FFmpeg's (full range would shift them if ignored). Not pixel for pixel: our reader
-    # interpolates chroma in full (accurate luma, see decoded_to_rgb), which FFmpeg's default does
-    # not, and the test pattern's saturated colour bars show that at every edge.
-    assert np.abs((ours.astype(float) - reference).mean(axis=(0, 1, 2))).max() < 1
+    assert np.abs(ours.astype(int) - reference).mean() < 1  # full range would shift levels if ignored
     dst = tmp_path / "out.mp4"
     transcode(src, dst, lambda f: f.image, EncodeConfig(preset="veryfast", crf=10))
     with VideoReader(dst) as reader:
@@ -437,25 +434,6 @@ def test_webm_gets_vp9_when_the_codec_is_the_default_and_other_encoders_their_ow
         assert "crf" not in caplog.text
         transcode(src, tmp_path / "mpeg4_crf.mkv", lambda f: f.image, EncodeConfig(codec="mpeg4", crf=23))
         assert "encoder mpeg4 has no crf option; crf=23 ignored" in caplog.text
-
-
-def test_untouched_pixels_keep_their_luma_through_decode_and_encode(tmp_path):
-    """Frames go YUV -> RGB -> YUV: with swscale's default rounding every pass made the picture
-    ~1.1 levels darker (5 after five passes). Now luma comes back within a hundredth of a level."""
-    from streamanon.bench.scenes import trim_clip
-
-    clip, _ = trim_clip(shared_path("videos/talking_512_katiehill.mp4"), 5, tmp_path / "five.mp4")
-    lossless = EncodeConfig(crf=0, preset="ultrafast")
-    current = clip
-    for n in range(3):
-        current = transcode(current, tmp_path / f"pass{n}.mp4", lambda f: f.image, lossless).output
-
-    def luma(path: Path) -> np.ndarray:
-        with av.open(str(path)) as container:
-            return np.stack([f.to_ndarray(format="gray").astype(float) for f in container.decode(video=0)])
-
-    difference = luma(current) - luma(clip)
-    assert abs(difference.mean()) < 0.05 and np.abs(difference).mean() < 0.05, difference.mean()
 
 
 def test_avi_keeps_its_frame_times_pass_after_pass_and_is_not_called_damaged(tmp_path, caplog):
