@@ -223,6 +223,37 @@ def test_street_video_has_several_faces(detector):
         assert (found.boxes[:, 2:] <= [1920, 1080]).all() and (found.boxes[:, :2] >= 0).all()
 
 
+def _entering_face(visible: int) -> np.ndarray:
+    """A face sliding in from the right edge, ``visible`` px of its 307 px frame showing, on a
+    blurred street (a privacy audit's case: at 118 px, eye, half nose and half mouth show)."""
+    import av
+
+    with av.open(str(shared_path("videos/talking_512_katiehill.mp4"))) as talk:
+        face = [f.to_ndarray(format="rgb24") for _, f in zip(range(4), talk.decode(video=0))][3]
+    with av.open(str(shared_path("videos/street_1080p_multi.mp4"))) as street:
+        background = next(street.decode(video=0)).to_ndarray(format="rgb24")
+    frame = cv2.GaussianBlur(cv2.resize(background, (640, 360)), (0, 0), 12)
+    frame[30:337, 640 - visible:] = cv2.resize(face, (307, 307))[:, :visible]
+    return frame
+
+
+def test_a_face_cut_off_by_the_frame_edge_is_kept_at_the_edge_threshold():
+    from streamanon.config import DetectConfig
+
+    frame = _entering_face(118)
+    assert len(CenterFaceDetector()(frame)) == 0  # 0.21: short of the 0.4 threshold
+    found = CenterFaceDetector.from_config(DetectConfig())(frame)  # edge_threshold 0.2 by default
+    assert len(found) == 1 and found.boxes[0, 2] >= 634 and found.scores[0] < 0.4
+    # The weak candidates inside the frame (0.23 around x=85) stay out, whatever the edge threshold.
+    assert len(CenterFaceDetector(edge_threshold=0.05)(frame)) == 1
+    # Edge boxes only add faces: where a box passes the threshold, it is the one kept.
+    frame = _entering_face(126)
+    strong = CenterFaceDetector()(frame)
+    assert len(strong) == 1 and strong.scores[0] > 0.4
+    low = CenterFaceDetector(edge_threshold=0.05)(frame)
+    assert len(low) == 1 and np.allclose(low.boxes, strong.boxes)
+
+
 @pytest.mark.parametrize(("canvas", "face_px"), [((640, 360), 24), ((640, 360), 90), ((1280, 720), 420)])
 def test_detect_around_finds_a_known_face_at_any_size(detector, canvas, face_px):
     frame = paste_face(canvas, face_px, (200, 30))

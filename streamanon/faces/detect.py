@@ -50,6 +50,9 @@ ALIGN = 32  # input sides must be multiples of this (five stride-2 stages)
 # Faces larger than this at the network input get undersized or split boxes (the net saw
 # few such faces in training; measured: fine up to ~440 px, broken from ~600 px).
 RELIABLE_SIDE = 256.0
+# A box within this fraction of the frame's long side from an edge counts as cut off by it (a face
+# entering the picture): kept from ``edge_threshold`` instead of ``threshold``.
+EDGE_MARGIN = 0.01
 # Local search around known faces (``detect_around``): a square region ROI_CONTEXT times the
 # face's side, resized to ROI_INPUT px, so the face reaches the net at ~80 px whatever its size.
 ROI_INPUT = 128
@@ -256,6 +259,7 @@ class CenterFaceDetector:
         backend: str = "auto",
         device: str = "cpu",
         rotations: Sequence[int] = (0,),
+        edge_threshold: float | None = None,
     ) -> None:
         if backend not in DETECT_BACKENDS:
             raise UserError(f"detection backend must be one of {', '.join(DETECT_BACKENDS)}, got {backend!r}")
@@ -265,8 +269,12 @@ class CenterFaceDetector:
             raise UserError(f"detection scale must be in (0, 8], got {scale}")
         if not 0.0 < nms_iou <= 1.0:
             raise UserError(f"detection NMS IoU must be in (0, 1], got {nms_iou}")
+        if edge_threshold is not None and not 0.0 < edge_threshold < 1.0:
+            raise UserError(f"edge detection threshold must be in (0, 1), got {edge_threshold}")
         self.turns = quarter_turns(rotations)
         self.threshold = float(threshold)
+        # Boxes touching the frame's edge (a face entering, cut off) are kept from this score.
+        self.edge_threshold = self.threshold if edge_threshold is None else min(self.threshold, float(edge_threshold))
         self.scale = scale
         self.min_size = float(min_size)
         self.nms_iou = float(nms_iou)
@@ -296,6 +304,7 @@ class CenterFaceDetector:
             backend=config.backend,
             device=device,
             rotations=config.rotations,
+            edge_threshold=config.edge_threshold,
         )
 
     def _make_session(self, providers: Sequence[str] | None, threads: int | None):
@@ -521,7 +530,8 @@ class CenterFaceDetector:
         """One network run over ``blob`` (B, 3, H, W; an array, or a tensor for the torch backend);
         per image: boxes, scores, keypoints in network-input pixels."""
         heat, size, offset, kps = self._network(blob)
-        return [decode(heat[b], size[b], offset[b], kps[b], self.threshold) for b in range(len(blob))]
+        # Candidates down to the edge threshold: _finish keeps the low ones only at the frame's edge.
+        return [decode(heat[b], size[b], offset[b], kps[b], self.edge_threshold) for b in range(len(blob))]
 
     def _network(self, blob) -> list[np.ndarray]:
         """The raw outputs (heatmap, log-size, offset, keypoints) for ``blob``, by either backend."""
@@ -562,8 +572,12 @@ class CenterFaceDetector:
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        big = sides >= self.min_size
-        boxes, scores, points, tier, upright = boxes[big], scores[big], points[big], tier[big], upright[big]
+        margin = EDGE_MARGIN * max(height, width)
+        at_edge = (boxes[:, 0] <= margin) | (boxes[:, 1] <= margin) | (boxes[:, 2] >= width - margin) | (
+            boxes[:, 3] >= height - margin
+        )  # fmt: skip
+        kept = (sides >= self.min_size) & ((scores > self.threshold) | at_edge)
+        boxes, scores, points, tier, upright = boxes[kept], scores[kept], points[kept], tier[kept], upright[kept]
         priority = tier * 2.0 + scores
         absorbable = tier == 0
         if len(self.turns) > 1:
@@ -574,6 +588,11 @@ class CenterFaceDetector:
             # would blur inside the new face): absorbed when mostly inside a kept box.
             priority += 4.0 * upright
             absorbable |= ~upright
+        # Boxes kept only for touching the edge come last and go where a kept box covers them: they
+        # add faces the threshold would miss, never replace a box that passed it.
+        weak = scores <= self.threshold
+        priority -= 16.0 * weak
+        absorbable |= weak
         keep = nms(boxes, scores, self.nms_iou, priority=priority, absorbable=absorbable)
         return Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), points[keep].astype(np.float32))
 
