@@ -333,6 +333,49 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path):
     assert not list(tmp_path.iterdir()), "nothing is written for a bad command line"
 
 
+def test_a_recording_never_overwrites_its_input(capsys, tmp_path):
+    """By a file: URL, or as one of the segments it would write (an audit overwrote both ways)."""
+    clip = tmp_path / "v.mp4"
+    clip.write_bytes(shared_path(CLIP).read_bytes())
+    before = clip.read_bytes()
+    code, err = run_cli(capsys, f"file://{clip}", clip, "--overwrite", "--duration", "1")
+    assert code == 1 and "must differ from the input" in err
+    segment = tmp_path / "rec_00000.mpg"
+    segment.write_bytes(before)
+    code, err = run_cli(capsys, segment, tmp_path / "rec.mpg", "--segment-seconds", "1", "--overwrite")
+    assert code == 1 and "is one of the segments" in err
+    assert clip.read_bytes() == before == segment.read_bytes()
+
+
+def test_a_tcp_output_that_would_listen_is_refused_in_either_spelling(capsys, tmp_path):
+    for spec in ("tcp://127.0.0.1:5000?listen", "tcp://127.0.0.1:5000?listen=1"):
+        code, err = run_cli(capsys, shared_path(CLIP), spec)
+        assert code == 1 and "let the receiver listen" in err, spec
+
+
+def test_a_stream_that_delivers_nothing_fails(capsys, tmp_path):
+    """No frame from the source (an empty pipe here; a sender that never comes): exit 1, not 0."""
+    read_fd, write_fd = os.pipe()
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        source = RawSource(WIDTH, HEIGHT, "rgb24", fps=25, stream=pipe)
+        summary = StreamRunner(source, [RawSink("rgb24", stream=io.BytesIO())], Anonymizer(),
+                               StreamOptions(latency="lossless")).run()  # fmt: skip
+    assert summary.frames_in == 0 and summary.error and "no frame arrived" in summary.error
+
+
+def test_overwriting_a_segmented_recording_removes_the_old_run_s_later_segments(capsys, tmp_path):
+    target = tmp_path / "rec.mkv"
+    for index in range(4):  # an earlier, longer recording
+        (tmp_path / f"rec_{index:05d}.mkv").write_bytes(b"old")
+    code, err = run_cli(capsys, shared_path(CLIP), target, "--segment-seconds", "1", "--duration", "1.5",
+                        "--latency", "lossless", "--overwrite", "-q")  # fmt: skip
+    assert code == 0, err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names in (["rec_00000.mkv"], ["rec_00000.mkv", "rec_00001.mkv"]), names
+    assert all(p.read_bytes() != b"old" for p in tmp_path.iterdir())
+
+
 # -- the runner's fail-closed paths -----------------------------------------------------------
 class FailingAnonymizer(Anonymizer):
     """The real anonymizer, with a stage failure injected on chosen frames (fault injection)."""

@@ -454,6 +454,56 @@ class TranscodeResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+def container_video_encoder(suffix: str, encode: EncodeConfig) -> str:
+    """The encoder for a ``suffix`` file: ``encode.codec``, or the container's own when that is the
+    default H.264 and the container cannot hold it (WebM: VP9, Ogg: VP8), so a folder of mixed
+    recordings needs no --codec per file."""
+    own = _CONTAINER_VIDEO_ENCODERS.get(suffix.lower())
+    if own is None or encode.codec != EncodeConfig.codec or own not in av.codecs_available:
+        return encode.codec
+    log.warning("a %s file cannot hold H.264 video; encoding %s instead (--codec chooses)", suffix, own)
+    return own
+
+
+def encoder_options(ctx: av.CodecContext, encode: EncodeConfig, suffix: str) -> dict[str, str]:
+    """The private options for encoder ``ctx`` writing a ``suffix`` file: crf and preset where the
+    encoder has them (presets of other names only when given), libvpx's speed and constant quality,
+    no B-frames where the container cannot time them, x265 quiet."""
+    private = {option.name for option in ctx.supported_options.private}
+    options: dict[str, str] = {}
+    if suffix.lower() in _NO_B_FRAME_CONTAINERS:
+        options["bf"] = "0"  # the container cannot store a reordered frame's time (see the set)
+    default = EncodeConfig()
+    if "crf" in private:
+        options["crf"] = str(encode.crf)
+        if ctx.name == "libvpx-vp9":
+            options["b"] = "0"  # constant quality: libvpx caps the bitrate unless told not to
+        elif ctx.name == "libvpx":
+            options["b"] = "100M"  # VP8 has no pure constant quality: crf under a ceiling never met
+    else:
+        # A warning only for a crf the user chose: the default is not a promise.
+        (log.info if encode.crf == default.crf else log.warning)(
+            "encoder %s has no crf option; crf=%s ignored", ctx.name, encode.crf
+        )
+    x26x = ctx.name in ("libx264", "libx264rgb", "libx265")
+    if x26x and encode.preset not in _X26X_PRESETS:
+        raise UserError(
+            f"unknown preset '{encode.preset}' for {ctx.name} (choose from {', '.join(_X26X_PRESETS)})"
+        )
+    if "cpu-used" in private and encode.preset in _X26X_PRESETS:
+        # libvpx's speed knob, from the x264-style preset (its own default is slow: cpu-used 1).
+        options["cpu-used"] = str(_VPX_CPU_USED[encode.preset])
+        if "row-mt" in private:
+            options["row-mt"] = "1"
+    elif "preset" in private and (x26x or encode.preset != default.preset):
+        # Other encoders' presets (SVT-AV1: 0-13, NVENC: p1-p7) have other names: the x264 default
+        # would be refused, so they keep their own unless one is given.
+        options["preset"] = encode.preset
+    if ctx.name == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings to stderr otherwise
+    return options
+
+
 def decoded_to_rgb(decoded: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded frame as RGB ``uint8`` ``(H, W, 3)``, scaled to ``size`` (width, height) if given.
 
@@ -633,12 +683,8 @@ class VideoWriter:
         width, height = template.width, template.height
         self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
         self._nominal_rate = template.fps or Fraction(25)
-        own = _CONTAINER_VIDEO_ENCODERS.get(self.path.suffix.lower())
-        if own is not None and encode.codec == EncodeConfig.codec and own in av.codecs_available:
-            # The default H.264 does not fit this container: its own codec, so a folder of mixed
-            # recordings needs no --codec per file.
-            log.warning("a %s file cannot hold H.264 video; encoding %s instead (--codec chooses)",
-                        self.path.suffix, own)  # fmt: skip
+        own = container_video_encoder(self.path.suffix, encode)
+        if own != codec.name:
             codec = _video_encoder(own)
             self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
         try:
@@ -662,7 +708,7 @@ class VideoWriter:
         for name in ("colorspace", "color_range", "color_primaries", "color_trc"):
             with contextlib.suppress(AttributeError, ValueError, TypeError):
                 setattr(ctx, name, getattr(src, name))
-        self.encoder_options = self._encoder_options(ctx)  # what was asked of the encoder (for -v)
+        self.encoder_options = encoder_options(ctx, encode, self.path.suffix)  # what was asked (for -v)
         ctx.options = dict(self.encoder_options)
         try:
             ctx.open()
@@ -685,41 +731,6 @@ class VideoWriter:
                     stream.metadata["timecode"] = other.metadata["timecode"]
                     break
         return stream
-
-    def _encoder_options(self, ctx: av.CodecContext) -> dict[str, str]:
-        private = {option.name for option in ctx.supported_options.private}
-        options: dict[str, str] = {}
-        if self.path.suffix.lower() in _NO_B_FRAME_CONTAINERS:
-            options["bf"] = "0"  # the container cannot store a reordered frame's time (see the set)
-        default = EncodeConfig()
-        if "crf" in private:
-            options["crf"] = str(self.encode.crf)
-            if ctx.name == "libvpx-vp9":
-                options["b"] = "0"  # constant quality: libvpx caps the bitrate unless told not to
-            elif ctx.name == "libvpx":
-                options["b"] = "100M"  # VP8 has no pure constant quality: crf under a ceiling never met
-        else:
-            # A warning only for a crf the user chose: the default is not a promise.
-            (log.info if self.encode.crf == default.crf else log.warning)(
-                "encoder %s has no crf option; crf=%s ignored", ctx.name, self.encode.crf
-            )
-        x26x = ctx.name in ("libx264", "libx264rgb", "libx265")
-        if x26x and self.encode.preset not in _X26X_PRESETS:
-            raise UserError(
-                f"unknown preset '{self.encode.preset}' for {ctx.name} (choose from {', '.join(_X26X_PRESETS)})"
-            )
-        if "cpu-used" in private and self.encode.preset in _X26X_PRESETS:
-            # libvpx's speed knob, from the x264-style preset (its own default is slow: cpu-used 1).
-            options["cpu-used"] = str(_VPX_CPU_USED[self.encode.preset])
-            if "row-mt" in private:
-                options["row-mt"] = "1"
-        elif "preset" in private and (x26x or self.encode.preset != default.preset):
-            # Other encoders' presets (SVT-AV1: 0-13, NVENC: p1-p7) have other names: the x264 default
-            # would be refused, so they keep their own unless one is given.
-            options["preset"] = self.encode.preset
-        if ctx.name == "libx265":
-            options["x265-params"] = "log-level=error"  # x265 prints its settings to stderr otherwise
-        return options
 
     def _add_copy(self, stream: av.stream.Stream) -> av.stream.Stream | None:
         try:

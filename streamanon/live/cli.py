@@ -7,11 +7,13 @@ Everything but frame bytes goes to stderr, so ``-`` (stdout) can feed a player.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote
 
 import click
 
@@ -151,7 +153,7 @@ def stream_command(
     if output_pix_fmt is None:
         output_pix_fmt = live_source.pix_fmt if isinstance(live_source, RawSource) else "rgb24"
     config = config_from_options(opts)
-    _check_distinct(source, sink)
+    _check_distinct(source, sink, segment_seconds)
     sink_settings = SinkSettings(
         encode=config.encode, segment_seconds=segment_seconds, overwrite=overwrite, raw_pix_fmt=output_pix_fmt,
         open_timeout=stall_timeout, write_timeout=stall_timeout,
@@ -185,8 +187,27 @@ def stream_command(
         raise UserError(summary.error)
 
 
-def _check_distinct(source: str, sink: str) -> None:
-    if source in ("-",) or sink in ("-", "preview") or "://" in source or "://" in sink:
+def _local_file(spec: str) -> Path | None:
+    """The local file a source or sink spec names (a path, or a file: URL); None for the rest."""
+    if spec in ("-", "preview"):
+        return None
+    if spec.startswith("file:"):
+        rest = spec[len("file:"):]
+        return Path(unquote(rest[2:] if rest.startswith("//") else rest))
+    return None if "://" in spec else Path(spec)
+
+
+def _check_distinct(source: str, sink: str, segment_seconds: float | None) -> None:
+    """The recording must not overwrite the input: the same file (by any name, file: URLs
+    included) or, when segmented, one of the segment names it will write."""
+    from ..io.paths import same_file
+
+    source_path, sink_path = _local_file(source), _local_file(sink)
+    if source_path is None or sink_path is None or not source_path.is_file():
         return
-    if Path(source).exists() and Path(source).resolve() == Path(sink).resolve():
+    if same_file(source_path, sink_path):
         raise UserError(f"output must differ from the input: {sink}")
+    if segment_seconds and source_path.resolve().parent == sink_path.absolute().resolve().parent:
+        pattern = re.compile(rf"{re.escape(sink_path.stem)}_\d{{5}}{re.escape(sink_path.suffix)}")
+        if pattern.fullmatch(source_path.name):
+            raise UserError(f"the input {source} is one of the segments {sink} would write: choose another name")

@@ -245,6 +245,12 @@ class StreamRunner:
         summary.outputs = [_describe_outputs(sink) for sink in self.sinks]
         if not summary.end_reason:
             summary.end_reason = "stopped"
+        if summary.error is None and summary.frames_out == 0:
+            # Nothing was recorded or sent: a script must not take this run for a success.
+            if summary.frames_in == 0:
+                summary.error = f"no frame arrived from {self.source.name}; nothing was written"
+            elif summary.undelivered:
+                summary.error = f"no frame reached the output ({summary.undelivered} undelivered)"
         return summary
 
     def _progress_line(self, elapsed: float, fps: float) -> str:

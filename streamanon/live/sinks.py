@@ -25,6 +25,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,7 @@ import numpy as np
 from ..config import EncodeConfig
 from ..errors import UserError
 from ..io.paths import VIDEO_EXTENSIONS, atomic_output, is_video_path
-from ..io.video import choose_pix_fmt
+from ..io.video import choose_pix_fmt, container_video_encoder, encoder_options
 from .raw import RAW_PIX_FMTS, check_raw_format, rgb_to_raw
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,6 @@ TIME_BASE = Fraction(1, 90000)  # MPEG-TS's clock; fine-grained enough for any f
 TS_PACKET = 188
 UDP_PAYLOAD = 7 * TS_PACKET  # 1316: seven TS packets fit a 1500-byte Ethernet frame
 _X26X = ("libx264", "libx264rgb", "libx265")
-_X26X_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
-)  # fmt: skip
 # Pushed streams: container format by URL scheme.
 _PUSH_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv", "srt": "mpegts"}
 _PUSH_OPTIONS = {"rtsp": {"rtsp_transport": "tcp"}, "rtsps": {"rtsp_transport": "tcp"}}
@@ -202,12 +200,28 @@ class EncodedSink(Sink):
         self._start = 0.0  # output time of the first frame of the current file/connection
         self._last_pts = -1
         self.pix_fmt = settings.encode.pix_fmt
+        self._written = 0  # files finished (segments, or the one recording)
+        # --overwrite of a segmented recording: the earlier run's segments past this run's last
+        # one would look like part of it; they go once this run has finished a segment of its own.
+        self._stale = (self._existing_segments() if kind == "file" and settings.segment_seconds and settings.overwrite
+                       else {})  # fmt: skip
 
     # -- naming -------------------------------------------------------------------------
     def segment_path(self, index: int) -> Path:
         """Where segment ``index`` goes: ``rec.mp4`` -> ``rec_00000.mp4``, ``rec_00001.mp4``..."""
         path = Path(self.target)
         return path.with_name(f"{path.stem}_{index:05d}{path.suffix}")
+
+    def _existing_segments(self) -> dict[int, Path]:
+        """Segments of this name already on disk, by index."""
+        path = Path(self.target)
+        pattern = re.compile(rf"{re.escape(path.stem)}_(\d{{5}}){re.escape(path.suffix)}")
+        found = {}
+        for candidate in path.absolute().parent.glob(f"{glob.escape(path.stem)}_*{glob.escape(path.suffix)}"):
+            match = pattern.fullmatch(candidate.name)
+            if match:
+                found[int(match.group(1))] = candidate
+        return found
 
     # -- writing ------------------------------------------------------------------------
     def _write(self, image: np.ndarray, t: float) -> None:
@@ -297,10 +311,12 @@ class EncodedSink(Sink):
 
     def _add_video(self, width: int, height: int) -> av.VideoStream:
         encode = self.settings.encode
+        suffix = Path(self.target).suffix if self.kind == "file" else ".ts" if self.kind == "socket" else ""
+        name = container_video_encoder(suffix, encode) if self.kind == "file" else encode.codec
         try:
-            codec = av.Codec(encode.codec, "w")
+            codec = av.Codec(name, "w")
         except (av.codec.codec.UnknownCodecError, ValueError):
-            raise UserError(f"unknown video encoder '{encode.codec}'") from None
+            raise UserError(f"unknown video encoder '{name}'") from None
         if codec.type != "video":
             raise UserError(f"'{encode.codec}' is not a video encoder")
         self.pix_fmt = choose_pix_fmt(codec, encode.pix_fmt, width, height)
@@ -312,15 +328,7 @@ class EncodedSink(Sink):
         stream.time_base = ctx.time_base = TIME_BASE
         # Keyframes: every second on the network (late joiners), every two in files (fragment length).
         ctx.gop_size = max(1, round(float(rate) * (1 if self.network else 2)))
-        private = {option.name for option in ctx.supported_options.private}
-        options: dict[str, str] = {}
-        if "crf" in private:
-            options["crf"] = str(encode.crf)
-        if "preset" in private:
-            if codec.name in _X26X and encode.preset not in _X26X_PRESETS:
-                presets = ", ".join(_X26X_PRESETS)
-                raise UserError(f"unknown preset '{encode.preset}' for {codec.name} (choose from {presets})")
-            options["preset"] = encode.preset
+        options = encoder_options(ctx, encode, suffix)  # the same rules as `streamanon file`
         if codec.name in _X26X:
             options["tune"] = "zerolatency"
         ctx.options = options
@@ -353,6 +361,7 @@ class EncodedSink(Sink):
             stack, self._stack = self._stack, None
             stack.close()  # atomic_output: rename onto the final name
             self.outputs.append(self._current)
+            self._written += 1
 
     def _abandon(self) -> None:
         """Drop the current container without finishing it (its temporary file is deleted)."""
@@ -377,6 +386,13 @@ class EncodedSink(Sink):
 
     def close(self) -> None:
         self._finish()
+        if self._written and self._stale:
+            for index, path in sorted(self._stale.items()):
+                if index > self.segment_index:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        log.info("removed %s, a segment of the recording this one replaced", path)
+            self._stale = {}
 
 
 # -- raw frames on stdout -------------------------------------------------------------------
@@ -533,7 +549,7 @@ def open_sink(spec: str, settings: SinkSettings | None = None, announce: Announc
         url = urlsplit(spec)
         if not url.port:
             raise UserError(f"{spec} needs a port, e.g. {scheme}://127.0.0.1:5000")
-        if scheme == "tcp" and "listen" in parse_qs(url.query):
+        if scheme == "tcp" and "listen" in parse_qs(url.query, keep_blank_values=True):  # ?listen, ?listen=1
             raise UserError("a tcp:// output connects to a listening receiver; let the receiver listen "
                             "(e.g. ffplay 'tcp://127.0.0.1:5000?listen') instead of ?listen here")  # fmt: skip
         return EncodedSink(spec, settings, kind="socket", format="mpegts")
