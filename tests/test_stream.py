@@ -30,7 +30,7 @@ from streamanon.live.queues import FrameQueue
 from streamanon.live.raw import frame_bytes, raw_to_rgb, rgb_to_raw
 from streamanon.live.runner import MAX_CONSECUTIVE_FAILURES, StreamOptions, StreamRunner
 from streamanon.live.sinks import RawSink, SinkSettings, open_sink
-from streamanon.live.sources import RawSource, SourceError, SourceSettings, open_source
+from streamanon.live.sources import RawSource, SourceSettings, open_source
 from streamanon.live.timeline import Timeline
 from streamanon.pipeline import Anonymizer
 
@@ -283,12 +283,12 @@ def test_specs_are_checked_before_streaming(tmp_path, monkeypatch):
         open_source("/dev/video987")
     if sys.platform.startswith("linux"):
         # Camera options reach FFmpeg's v4l2 device under its own names; a character device
-        # that is no camera fails to open as a transient error (the runner retries).
+        # that is no camera (ENOTTY) fails at once: no reconnect makes it one.
         camera = open_source("/dev/null", SourceSettings(size=(640, 480), fps=29.97, pix_fmt="mjpeg",
                                                         stall_timeout=1, open_timeout=1))  # fmt: skip
         assert camera.live and camera.format == "v4l2"
         assert camera.options == {"video_size": "640x480", "framerate": "2997/100", "input_format": "mjpeg"}
-        with pytest.raises(SourceError):
+        with pytest.raises(UserError, match="Inappropriate ioctl"):
             camera.open()
     existing = tmp_path / "rec.mp4"
     existing.write_bytes(b"keep me")
@@ -345,6 +345,18 @@ def test_a_recording_never_overwrites_its_input(capsys, tmp_path):
     code, err = run_cli(capsys, segment, tmp_path / "rec.mpg", "--segment-seconds", "1", "--overwrite")
     assert code == 1 and "is one of the segments" in err
     assert clip.read_bytes() == before == segment.read_bytes()
+
+
+def test_errors_no_reconnect_can_fix_end_the_stream_at_once(capsys, tmp_path):
+    """An unknown --source-format, a file that is no video, a device that is no camera: one line
+    at once, not after five reconnect attempts (about 16 s)."""
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    for args in ((shared_path(CLIP), "--source-format", "bogusfmt"), (junk,), ("/dev/null",)):
+        started = time.monotonic()
+        code, err = run_cli(capsys, args[0], tmp_path / "out.mp4", *args[1:], "-q")
+        assert code == 1 and "cannot open" in err and time.monotonic() - started < 8, (args, err)
+        assert "attempt" not in err and "gave up" not in err, err
 
 
 def test_a_tcp_output_that_would_listen_is_refused_in_either_spelling(capsys, tmp_path):

@@ -16,6 +16,7 @@ seconds without data; blocking reads release the GIL, so the other stages keep r
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -146,7 +147,16 @@ class AVSource(Source):
             if self._opened_before:  # a camera unplugged mid-stream may come back
                 raise SourceError(f"{self.name} is gone") from None
             raise UserError(f"source not found: {self.name}") from None
-        except (av.FFmpegError, OSError, ValueError) as exc:
+        except ValueError as exc:  # an unknown --source-format and the like: no retry changes it
+            raise UserError(f"cannot open {self.name}: {_describe(exc)}") from None
+        except av.HTTPClientError as exc:  # 4xx: the request itself is wrong (404, 403, ...)
+            if self._opened_before:
+                raise SourceError(f"cannot open: {_describe(exc)}") from None
+            raise UserError(f"cannot open {self.name}: {_describe(exc)}") from None
+        except (av.FFmpegError, OSError) as exc:
+            if not self._opened_before and (not self.live or getattr(exc, "errno", None) == errno.ENOTTY):
+                # A file that is not a video, or a device that is no camera (/dev/null): final.
+                raise UserError(f"cannot open {self.name}: {_describe(exc)}") from None
             raise SourceError(f"cannot open: {_describe(exc)}") from None
         if not container.streams.video:
             container.close()
