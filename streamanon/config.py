@@ -55,6 +55,9 @@ class DetectConfig:
     # cores). Known faces stay covered every frame; a face entering the picture is found up to
     # every - 1 frames late. 1 = full frame every frame.
     every: int = 1
+    # With every > 1: a full pass also on a frame that changed, outside the tracked faces, at the
+    # edge (a face entering) or over much of the picture (a cut); a still scene keeps its savings.
+    watch_changes: bool = True
     # Who runs the network: onnxruntime, torch (the same weights, on the pipeline's device), or
     # auto: onnxruntime, except on a GPU that onnxruntime has no provider for.
     backend: str = "auto"

@@ -16,6 +16,7 @@ import numpy as np
 from .composite import paste_placed
 from .config import AnonymizerConfig
 from .errors import UserError
+from .faces.change import ChangeWatch
 from .faces.detect import CenterFaceDetector, box_iou
 from .faces.roll import TURNS, RollChecker
 from .faces.track import FaceTracker
@@ -75,6 +76,10 @@ class Anonymizer:
         self._frame_index = 0
         self._aligns_on_device = True  # until sampling the aligned crops on the device fails once
         self._local_passes_left = 0  # frames until the next full-frame detection
+        # With local passes between full ones, a full pass also when the picture changed where a
+        # face could have come in (faces/change.py).
+        watch = self.config.detect.every > 1 and self.config.detect.watch_changes
+        self.change_watch = ChangeWatch() if watch else None
         self._generate = self.config.mode == "generate"
         settings = self.config.generate
         if self._generate:
@@ -134,6 +139,8 @@ class Anonymizer:
     def reset(self) -> None:
         """Forget all tracks (call between unrelated clips)."""
         self.tracker.reset()
+        if self.change_watch is not None:
+            self.change_watch.reset()
         self._frame_index = 0
         self._local_passes_left = 0
         if self._generate and self.roll_checker is not None:
@@ -231,9 +238,17 @@ class Anonymizer:
         the detector's device, when given); in between, only around the faces the tracker
         expects (a face it loses there coasts and stays hidden). Then, with ``detect.refind_lost``,
         turned searches around the tracked faces that neither found."""
-        if self._local_passes_left > 0:
+        predicted = self.tracker.predicted_boxes(t) if self._local_passes_left > 0 else None
+        watch = self.change_watch
+        if predicted is not None and watch is not None and watch.needs_full_pass(image, predicted):
+            # The picture changed where a face could have come in (the edge ring, or much of it:
+            # a cut): a full pass now, not up to every - 1 frames later.
+            self._local_passes_left, predicted = 0, None
+        elif predicted is None and watch is not None:
+            watch.needs_full_pass(image, np.zeros((0, 4)))  # keep its last frame current
+        if predicted is not None:
             self._local_passes_left -= 1
-            detections = self.detector.detect_around(image, self.tracker.predicted_boxes(t))
+            detections = self.detector.detect_around(image, predicted)
         else:
             self._local_passes_left = self.config.detect.every - 1
             detections = self.detector.detect_tensor(frame_tensor) if frame_tensor is not None else self.detector(image)
