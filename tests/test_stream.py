@@ -299,6 +299,9 @@ def test_specs_are_checked_before_streaming(tmp_path, monkeypatch):
         open_sink(str(tmp_path / "seg.mkv"), SinkSettings(segment_seconds=5))
     with pytest.raises(UserError, match="needs a port"):
         open_sink("udp://127.0.0.1")
+    for size in ("abc", "0", "70000"):
+        with pytest.raises(UserError, match="pkt_size must be"):
+            open_sink(f"udp://127.0.0.1:5000?pkt_size={size}")
     with pytest.raises(UserError, match="receiver listen"):
         open_sink("tcp://127.0.0.1:5000?listen=1")
     monkeypatch.delenv("DISPLAY", raising=False)

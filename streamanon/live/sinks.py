@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 TIME_BASE = Fraction(1, 90000)  # MPEG-TS's clock; fine-grained enough for any frame rate
 TS_PACKET = 188
 UDP_PAYLOAD = 7 * TS_PACKET  # 1316: seven TS packets fit a 1500-byte Ethernet frame
+MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 _X26X = ("libx264", "libx264rgb", "libx265")
 # Pushed streams: container format by URL scheme.
 _PUSH_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv", "srt": "mpegts"}
@@ -226,7 +227,8 @@ class EncodedSink(Sink):
     # -- writing ------------------------------------------------------------------------
     def _write(self, image: np.ndarray, t: float) -> None:
         segment = self.settings.segment_seconds
-        if self._container is not None and segment and t - self._start >= segment:
+        # (A microsecond's slack: 50 frames of 0.04 s add up to 1.9999999 s, not 2.)
+        if self._container is not None and segment and t - self._start >= segment - 1e-6:
             self._finish()
             self.segment_index += 1
         if self._container is None:
@@ -526,6 +528,12 @@ class PreviewSink(Sink):
 
 
 # -- parsing --------------------------------------------------------------------------------
+def _check_payload(text: str) -> None:
+    """A UDP output's ``pkt_size``: whole TS packets (188 bytes) that fit a datagram."""
+    if not (text.isdigit() and TS_PACKET <= int(text) <= MAX_DATAGRAM):
+        raise UserError(f"pkt_size must be a whole number of bytes from {TS_PACKET} to {MAX_DATAGRAM}, got {text!r}")
+
+
 def open_sink(spec: str, settings: SinkSettings | None = None, announce: Announce | None = None) -> Sink:
     """Build the sink named by ``spec`` and check what can be checked before any frame.
 
@@ -552,6 +560,8 @@ def open_sink(spec: str, settings: SinkSettings | None = None, announce: Announc
         if scheme == "tcp" and "listen" in parse_qs(url.query, keep_blank_values=True):  # ?listen, ?listen=1
             raise UserError("a tcp:// output connects to a listening receiver; let the receiver listen "
                             "(e.g. ffplay 'tcp://127.0.0.1:5000?listen') instead of ?listen here")  # fmt: skip
+        if scheme == "udp":
+            _check_payload(parse_qs(url.query).get("pkt_size", [str(UDP_PAYLOAD)])[0])
         return EncodedSink(spec, settings, kind="socket", format="mpegts")
     if scheme in _PUSH_FORMATS:
         return EncodedSink(spec, settings, kind="push", format=_PUSH_FORMATS[scheme])
