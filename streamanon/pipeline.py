@@ -245,7 +245,7 @@ class Anonymizer:
             # a cut): a full pass now, not up to every - 1 frames later.
             self._local_passes_left, predicted = 0, None
         elif predicted is None and watch is not None:
-            watch.needs_full_pass(image, np.zeros((0, 4)))  # keep its last frame current
+            watch.remember(image)
         if predicted is not None:
             self._local_passes_left -= 1
             detections = self.detector.detect_around(image, predicted)

@@ -36,16 +36,18 @@ class ChangeWatch:
     def reset(self) -> None:
         self._previous = None
 
+    def remember(self, image: np.ndarray) -> None:
+        """Take ``image`` as the frame before the next one (a frame searched in full anyway)."""
+        self._previous = _thumbnail(image)
+
     def needs_full_pass(self, image: np.ndarray, face_boxes: np.ndarray) -> bool:
         """Whether ``image`` changed, outside ``face_boxes`` (N, 4: x1 y1 x2 y2), from the frame
-        before enough that a face may have come in; True for the first frame."""
-        height, width = image.shape[:2]
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        thumb = cv2.resize(grey, (max(1, width // CELL), max(1, height // CELL)), interpolation=cv2.INTER_AREA)
-        previous, self._previous = self._previous, thumb.astype(np.float32)
+        before enough that a face may have come in; True for the first frame. Remembers ``image``."""
+        thumb = _thumbnail(image)
+        previous, self._previous = self._previous, thumb
         if previous is None or previous.shape != thumb.shape:
             return True
-        changed = np.abs(self._previous - previous) > CHANGE_LEVELS
+        changed = np.abs(thumb - previous) > CHANGE_LEVELS
         outside = np.ones_like(changed)
         rows, cols = changed.shape
         for x1, y1, x2, y2 in np.asarray(face_boxes, np.float64).reshape(-1, 4):
@@ -58,3 +60,11 @@ class ChangeWatch:
         if (changed & outside & ring).any():
             return True
         return bool(outside.any() and (changed & outside).sum() > CUT_SHARE * outside.sum())
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """Grey, one value per CELL x CELL block (area average), float32."""
+    height, width = image.shape[:2]
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    size = (max(1, width // CELL), max(1, height // CELL))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
