@@ -40,7 +40,6 @@ class RunSummary:
     backend: str = ""
     videos: int = 0  # videos of a folder anonymized
     skipped: int = 0  # outputs that existed and were left alone (``skip_existing``)
-    left_out: int = 0  # files of a folder that are neither images nor videos (by extension)
 
     @property
     def tracks(self) -> int:
@@ -210,7 +209,6 @@ class _FolderJob:
         from .io.paths import other_files
 
         left = other_files(src)
-        self.summary.left_out = len(left)
         if left and self.report is not None:
             names = ", ".join(str(name) for name in left[:3]) + (", ..." if len(left) > 3 else "")
             self.report(f"left out {len(left)} file(s) that are neither images nor videos by extension: {names}")
