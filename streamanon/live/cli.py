@@ -7,7 +7,6 @@ Everything but frame bytes goes to stderr, so ``-`` (stdout) can feed a player.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from ..errors import UserError
 from .queues import LATENCY_POLICIES
 from .raw import RAW_PIX_FMTS, parse_size
 from .runner import StreamOptions, StreamRunner
-from .sinks import PreviewSink, SinkSettings, display_available, open_sink
+from .sinks import PreviewSink, SinkSettings, display_available, open_sink, segment_index
 from .sources import RawSource, SourceSettings, open_source
 
 
@@ -207,7 +206,6 @@ def _check_distinct(source: str, sink: str, segment_seconds: float | None) -> No
         return
     if same_file(source_path, sink_path):
         raise UserError(f"output must differ from the input: {sink}")
-    if segment_seconds and source_path.resolve().parent == sink_path.absolute().resolve().parent:
-        pattern = re.compile(rf"{re.escape(sink_path.stem)}_\d{{5}}{re.escape(sink_path.suffix)}")
-        if pattern.fullmatch(source_path.name):
-            raise UserError(f"the input {source} is one of the segments {sink} would write: choose another name")
+    same_folder = source_path.resolve().parent == sink_path.absolute().resolve().parent
+    if segment_seconds and same_folder and segment_index(source_path, sink_path) is not None:
+        raise UserError(f"the input {source} is one of the segments {sink} would write: choose another name")

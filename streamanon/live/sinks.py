@@ -216,12 +216,11 @@ class EncodedSink(Sink):
     def _existing_segments(self) -> dict[int, Path]:
         """Segments of this name already on disk, by index."""
         path = Path(self.target)
-        pattern = re.compile(rf"{re.escape(path.stem)}_(\d{{5}}){re.escape(path.suffix)}")
         found = {}
         for candidate in path.absolute().parent.glob(f"{glob.escape(path.stem)}_*{glob.escape(path.suffix)}"):
-            match = pattern.fullmatch(candidate.name)
-            if match:
-                found[int(match.group(1))] = candidate
+            index = segment_index(candidate, path)
+            if index is not None:
+                found[index] = candidate
         return found
 
     # -- writing ------------------------------------------------------------------------
@@ -528,6 +527,13 @@ class PreviewSink(Sink):
 
 
 # -- parsing --------------------------------------------------------------------------------
+def segment_index(candidate: Path, recording: Path) -> int | None:
+    """The index of ``candidate`` among the segments of ``recording`` (``rec_00042.mp4`` of
+    ``rec.mp4``: 42), or None when it is not one (names only; folders are the caller's)."""
+    match = re.fullmatch(rf"{re.escape(recording.stem)}_(\d{{5}}){re.escape(recording.suffix)}", candidate.name)
+    return int(match.group(1)) if match else None
+
+
 def _check_payload(text: str) -> None:
     """A UDP output's ``pkt_size``: whole TS packets (188 bytes) that fit a datagram."""
     if not (text.isdigit() and TS_PACKET <= int(text) <= MAX_DATAGRAM):
