@@ -106,3 +106,30 @@ def test_write_behind_drops_waiting_calls_when_the_caller_fails():
             threading.Timer(0.2, release.set).start()
             raise KeyboardInterrupt
     assert done == [0]  # the call under way finished; the three waiting ones did not run
+
+
+def test_a_job_that_stops_early_does_not_hang_on_a_stuck_thread(monkeypatch):
+    """Ctrl-C or SIGTERM while a decode or encode thread is stuck (a signal's exception inside a
+    queue operation can leave it waiting for good): leaving the block waits only GIVE_UP_S."""
+    import streamanon.io.background as background
+
+    monkeypatch.setattr(background, "GIVE_UP_S", 0.2)
+    release = threading.Event()
+
+    def stuck_after_one():
+        yield 1
+        release.wait()  # the producer never gets further
+        yield 2
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in read_ahead(stuck_after_one()):
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 2.0
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with WriteBehind(depth=1) as output:
+            output.submit(release.wait)  # the write thread is stuck in this call
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 2.0
+    release.set()

@@ -23,6 +23,10 @@ _POLL_S = 0.1  # how often a blocked thread looks whether it was told to stop
 _END = object()
 
 
+# Seconds a job that stops early waits for its decode or encode thread before it goes on without it.
+GIVE_UP_S = 5.0
+
+
 def read_ahead(items: Iterable[T], depth: int = DEPTH, name: str = "streamanon-read") -> Iterator[T]:
     """Yield ``items`` in order, produced on a thread of their own up to ``depth`` ahead.
 
@@ -61,17 +65,22 @@ def read_ahead(items: Iterable[T], depth: int = DEPTH, name: str = "streamanon-r
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
+    leaving_early = True
     try:
         while True:
             item, error = handoff.get()
             if item is _END:
+                leaving_early = False
                 if error is not None:
                     raise error
                 return
             yield item
     finally:
         stop.set()
-        thread.join()
+        # Leaving early (an error, Ctrl-C, SIGTERM): wait for the thread only so long. A signal's
+        # exception raised inside a queue operation can leave the thread waiting for good, and a
+        # stopping job must not hang on it (it is a daemon thread: it dies with the process).
+        thread.join(timeout=GIVE_UP_S if leaving_early else None)
 
 
 class WriteBehind:
@@ -123,7 +132,14 @@ class WriteBehind:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._cancelled = exc is not None
-        self._tasks.put(_END)  # the thread drains the queue, so this returns
-        self._thread.join()
         if exc is None:
+            self._tasks.put(_END)  # the thread drains the queue, so this returns
+            self._thread.join()
             self._raise_if_failed()
+            return
+        # Leaving on an error (Ctrl-C, SIGTERM): as read_ahead, wait for the thread only so long.
+        try:
+            self._tasks.put(_END, timeout=GIVE_UP_S)
+        except queue.Full:
+            return
+        self._thread.join(timeout=GIVE_UP_S)
