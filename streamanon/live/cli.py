@@ -10,9 +10,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
-from urllib.parse import unquote
 
 import click
 
@@ -22,7 +20,7 @@ from .queues import LATENCY_POLICIES
 from .raw import RAW_PIX_FMTS, parse_size
 from .runner import StreamOptions, StreamRunner
 from .sinks import PreviewSink, SinkSettings, display_available, open_sink, segment_index
-from .sources import RawSource, SourceSettings, open_source
+from .sources import RawSource, SourceSettings, local_path, open_source
 
 
 def _say(line: str) -> None:
@@ -186,22 +184,12 @@ def stream_command(
         raise UserError(summary.error)
 
 
-def _local_file(spec: str) -> Path | None:
-    """The local file a source or sink spec names (a path, or a file: URL); None for the rest."""
-    if spec in ("-", "preview"):
-        return None
-    if spec.startswith("file:"):
-        rest = spec[len("file:"):]
-        return Path(unquote(rest[2:] if rest.startswith("//") else rest))
-    return None if "://" in spec else Path(spec)
-
-
 def _check_distinct(source: str, sink: str, segment_seconds: float | None) -> None:
     """The recording must not overwrite the input: the same file (by any name, file: URLs
     included) or, when segmented, one of the segment names it will write."""
     from ..io.paths import same_file
 
-    source_path, sink_path = _local_file(source), _local_file(sink)
+    source_path, sink_path = local_path(source), local_path(sink)
     if source_path is None or sink_path is None or not source_path.is_file():
         return
     if same_file(source_path, sink_path):

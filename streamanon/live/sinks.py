@@ -46,6 +46,7 @@ from ..errors import UserError
 from ..io.paths import VIDEO_EXTENSIONS, atomic_output, is_video_path
 from ..io.video import choose_pix_fmt, container_video_encoder, encoder_options
 from .raw import RAW_PIX_FMTS, check_raw_format, rgb_to_raw
+from .sources import local_path
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +575,7 @@ def open_sink(spec: str, settings: SinkSettings | None = None, announce: Announc
     if scheme not in (None, "file"):
         raise UserError(f"unknown output '{spec}': use -, preview, a file name, or udp://, tcp://, "
                         f"{', '.join(s + '://' for s in sorted(_PUSH_FORMATS))}")  # fmt: skip
-    path = Path(spec[len("file://"):] if scheme == "file" else spec)
+    path = local_path(spec)
     _check_recording(path, settings)
     return EncodedSink(str(path), settings, kind="file")
 

@@ -332,6 +332,18 @@ def _scheme(spec: str) -> str | None:
     return spec.split("://", 1)[0].lower()
 
 
+def local_path(spec: str) -> Path | None:
+    """The local file a source or sink spec names (a path, or a ``file://`` URL); None for the
+    rest (``-``, ``preview``, network URLs). One rule for sources, sinks and the check that an
+    output is not its input."""
+    if spec in ("-", "preview"):
+        return None
+    scheme = _scheme(spec)
+    if scheme == "file":
+        return Path(spec[len("file://"):])
+    return Path(spec) if scheme is None else None
+
+
 def _is_camera(spec: str) -> bool:
     if spec.startswith("/dev/video"):
         return True
@@ -389,7 +401,7 @@ def open_source(spec: str, settings: SourceSettings | None = None) -> Source:
             f"unknown source '{spec}': use -, /dev/videoN, a video file, or a URL "
             f"({', '.join(s + '://' for s in sorted(NETWORK_SCHEMES))})"
         )
-    path = Path(spec[len("file://"):] if scheme == "file" else spec)
+    path = local_path(spec)
     if not path.exists():
         raise UserError(f"source not found: {spec}")
     if path.is_dir():
