@@ -595,7 +595,8 @@ def _check_recording(path: Path, settings: SinkSettings) -> None:
     if settings.overwrite:
         return
     if settings.segment_seconds:
-        existing = sorted(parent.glob(f"{glob.escape(path.stem)}_[0-9][0-9][0-9][0-9][0-9]{glob.escape(path.suffix)}"))
+        candidates = parent.glob(f"{glob.escape(path.stem)}_*{glob.escape(path.suffix)}")
+        existing = sorted(c for c in candidates if segment_index(c, path) is not None)
         if existing:
             raise UserError(f"output segments exist, e.g. {existing[0]} (use --overwrite to replace them)")
     elif path.exists() or path.is_symlink():
